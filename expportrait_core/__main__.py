@@ -1,0 +1,3 @@
+from expportrait_core.cli import main
+
+raise SystemExit(main())

@@ -18,6 +18,7 @@ CLI_MODULES = (
     "expportrait_core.demo",
     "expportrait_core.pipeline",
     "expportrait_core.workflow.cli",
+    "expportrait_core.workflow.templates",
     "expportrait_core.generator.train",
     "expportrait_core.transfer.cli",
     "expportrait_core.fit.cli",

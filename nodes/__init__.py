@@ -6,7 +6,7 @@ whole pack (install pain is the top complaint about portrait packs).
 import importlib
 import logging
 
-from ._comfy import register_model_folders
+from ._comfy import install_demo_inputs, register_model_folders
 
 log = logging.getLogger("ExpPortrait")
 
@@ -17,6 +17,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {}
 LOAD_ERRORS = {}
 
 register_model_folders()
+install_demo_inputs()
 
 for _name in STAGE_MODULES:
     try:

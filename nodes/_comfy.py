@@ -44,6 +44,27 @@ def register_model_folders() -> None:
             folder_paths.folder_names_and_paths[key] = ([path], exts)
 
 
+DEMO_INPUTS = {"reference.png": "expportrait_demo_reference.png", "driving.mp4": "expportrait_demo_driving.mp4"}
+
+
+def install_demo_inputs() -> None:
+    """Copy the bundled demo footage into ComfyUI's input folder (once) so shipped workflows run as-is."""
+    if folder_paths is None:
+        return
+    import shutil
+
+    src_dir = Path(__file__).resolve().parents[1] / "assets" / "demo"
+    try:
+        dst_dir = Path(folder_paths.get_input_directory())
+        for src, dst in DEMO_INPUTS.items():
+            if (src_dir / src).is_file() and not (dst_dir / dst).exists():
+                tmp = dst_dir / (dst + ".tmp")
+                shutil.copyfile(src_dir / src, tmp)
+                os.replace(tmp, dst_dir / dst)
+    except OSError:
+        pass  # a read-only input folder must not break loading the pack
+
+
 def list_models(key: str) -> List[str]:
     """File names available for a model folder key (ComfyUI's list, or the CLI folder)."""
     if folder_paths is not None:
@@ -150,6 +171,7 @@ __all__ = [
     "InterruptedByUser",
     "comfy_progress",
     "folder_for",
+    "install_demo_inputs",
     "image_to_numpy",
     "list_models",
     "numpy_to_image",

@@ -20,7 +20,12 @@ MODEL_FOLDERS = {
     "expportrait_generator": "expportrait/generator",
     "expportrait_presets": "expportrait/presets",
     "insightface": "insightface",
+    # ComfyUI's own folders, used by the generator (never re-registered by this pack)
+    "diffusion_models": "diffusion_models",
+    "vae": "vae",
+    "clip_vision": "clip_vision",
 }
+COMFY_CORE_FOLDERS = ("diffusion_models", "vae", "clip_vision")
 
 SMPLX_SOURCE = "https://smpl-x.is.tue.mpg.de (free registration; download 'SMPL-X 2020', file SMPLX_NEUTRAL_2020.npz)"
 

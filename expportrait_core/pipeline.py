@@ -62,6 +62,7 @@ def _check_output(out: Path) -> None:
 
 def animate(reference: str | Path, driving: str | Path, out: str | Path, *, smplx: Optional[str] = None,
             identity_file: Optional[str] = None, generator: Optional[str] = None, device: str = "cpu",
+            generator_base: Optional[str] = None, vae: Optional[str] = None, clip_vision: Optional[str] = None,
             face_backend: str = "auto", transfer_method: str = "auto", transfer_model: Optional[str] = None,
             max_frames: int = 0, steps: int = 30, cfg: float = 5.0, seed: int = 0) -> AnimateResult:
     """Run the whole pipeline; see the module docstring. Returns paths and timings."""
@@ -139,9 +140,11 @@ def animate(reference: str | Path, driving: str | Path, out: str | Path, *, smpl
         t = time.perf_counter()
         from .generator import load_generator
 
-        gen = load_generator(generator, device=device)
+        gen = load_generator(generator, base=generator_base, vae=vae, clip_vision=clip_vision, device=device)
+        ref_normal, _ = render_control(proxy, identity, None)  # the paper's reference normal map N^R
         with TqdmProgress("sample") as bar:
-            video = gen.sample(ref_img, control, steps=steps, cfg=cfg, seed=seed, progress=bar)
+            video = gen.sample(ref_img, control, reference_normal=ref_normal[0], steps=steps, cfg=cfg, seed=seed,
+                               progress=bar)
         arr = video.cpu().numpy() if isinstance(video, torch.Tensor) else np.asarray(video)
         write_video(out, arr, info.fps)
         generated = out
@@ -166,6 +169,7 @@ def _run(args: argparse.Namespace) -> int:
         if not Path(p).is_file():
             raise ExpPortraitError(f"The {what} '{p}' does not exist.")
     res = animate(reference, driving, args.out, smplx=args.smplx, identity_file=args.identity, generator=args.generator,
+                  generator_base=args.base_model, vae=args.vae, clip_vision=args.clip_vision,
                   device=args.device, face_backend=args.face_backend, transfer_method=args.transfer,
                   transfer_model=args.transfer_model, max_frames=args.max_frames, steps=args.steps, cfg=args.cfg, seed=args.seed)
     print(f"wrote {args.out} ({res.num_frames} frames at {res.fps:g} fps), {res.control_video}, {res.preview_video}; "
@@ -182,6 +186,9 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--smplx", help="SMPL-X model file (SMPLX_NEUTRAL_2020.npz); default: the synthetic stand-in")
     p.add_argument("--identity", help="a saved identity (.safetensors) instead of fitting the reference")
     p.add_argument("--generator", help="generator checkpoint (diffusers folder or .safetensors)")
+    p.add_argument("--base-model", help="Wan 2.1 transformer the generator bundle was trained on (diffusion_models/)")
+    p.add_argument("--vae", help="Wan 2.1 VAE (vae/wan_2.1_vae.safetensors) when the bundle has none")
+    p.add_argument("--clip-vision", help="CLIP vision model (clip_vision/clip_vision_h.safetensors)")
     p.add_argument("--transfer", default="auto", choices=["auto", "learned", "deformation", "copy"])
     p.add_argument("--transfer-model", help="learned transfer module weights (.safetensors)")
     p.add_argument("--face-backend", default="auto", choices=["auto", "dlib", "insightface"])

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from expportrait_core.errors import InterruptedByUser, MissingModelError
-from expportrait_core.paths import MODEL_FOLDERS, model_folder
+from expportrait_core.paths import COMFY_CORE_FOLDERS, MODEL_FOLDERS, model_folder
 from expportrait_core.progress import ProgressFn
 
 CATEGORY = "ExpPortrait"
@@ -34,6 +34,8 @@ def register_model_folders() -> None:
         return
     exts = {".npz", ".pkl", ".safetensors", ".json", ".onnx", ".pt", ".bin"}
     for key, sub in MODEL_FOLDERS.items():
+        if key in COMFY_CORE_FOLDERS:
+            continue
         path = os.path.join(folder_paths.models_dir, sub)
         if key in getattr(folder_paths, "folder_names_and_paths", {}):
             paths, old_exts = folder_paths.folder_names_and_paths[key]

@@ -17,16 +17,26 @@ from expportrait_core.transfer.rotations import aa_to_matrix, matrix_to_aa
 
 
 @pytest.fixture(scope="module")
+def proxy(synthetic_model_path):
+    """The synthetic head without subdivision (9.8k vertices, face region 5.3k): the properties
+    tested here do not depend on the resolution and the tests run ~4× faster. The benchmark
+    measures the full-resolution proxy."""
+    from expportrait_core.head import ProxyConfig, load_head_proxy
+
+    return load_head_proxy(synthetic_model_path, ProxyConfig(subdivision=0))
+
+
+@pytest.fixture(scope="module")
 def detail(proxy):
     return SyntheticDetail(proxy)
 
 
 @pytest.fixture(scope="module")
 def subjects(proxy, detail):
-    """Two synthetic identities and a 6-frame motion of A with ground-truth dynamic offsets."""
+    """Two synthetic identities and a 4-frame motion of A with ground-truth dynamic offsets."""
     a = random_identity(proxy, 11)
     b = random_identity(proxy, 12)
-    motion = synthetic_motion(proxy, a, 6, 5, detail=detail)
+    motion = synthetic_motion(proxy, a, 4, 5, detail=detail)
     return a, b, motion
 
 
@@ -68,6 +78,7 @@ def test_self_transfer_reproduces_the_motion(proxy, subjects):
 def test_neutral_driving_frame_maps_to_reference_neutral(proxy, subjects):
     a, b, motion = subjects
     k = 3
+    assert motion.num_frames > k
     drv = motion.params.detach()
     drv.expression[k] = 0
     drv.jaw_pose[k] = 0
@@ -100,10 +111,10 @@ def test_transfer_output_contract_and_file_round_trip(proxy, subjects, tmp_path)
     from expportrait_core.io.files import load_motion, save_motion
 
     a, b, motion = subjects
-    motion.lost_frames = [4]
+    motion.lost_frames = [2]
     out = transfer_motion(proxy, b, motion, method="copy")
     ids = face_region_ids(proxy)
-    assert out.identity is b and out.num_frames == motion.num_frames and out.lost_frames == [4]
+    assert out.identity is b and out.num_frames == motion.num_frames and out.lost_frames == [2]
     assert out.fps == motion.fps and tuple(out.image_size) == tuple(b.image_size)
     assert torch.equal(out.params.betas, b.betas.expand(motion.num_frames, -1))
     assert all(torch.equal(out.camera[k], b.camera[k]) for k in b.camera)
@@ -121,7 +132,7 @@ def test_factorization_is_computed_once_per_identity_pair(proxy, subjects, detai
     real = sla.splu
     monkeypatch.setattr(sla, "splu", lambda *args, **kw: calls.append(1) or real(*args, **kw))
     clear_caches()
-    long_motion = synthetic_motion(proxy, a, 10, 9, detail=detail)
+    long_motion = synthetic_motion(proxy, a, 7, 9, detail=detail)
     cfg = TransferConfig(chunk=3)
     transfer_motion(proxy, b, long_motion, method="deformation", config=cfg)
     assert len(calls) == 1, "one factorization for all frames"
@@ -165,12 +176,12 @@ def test_train_cli_learned_and_deformation_beat_parameter_copy(proxy, tmp_path, 
     from expportrait_core import cli
     from expportrait_core.transfer import cli as tcli
 
-    monkeypatch.setattr(tcli, "_proxy", lambda path: proxy)  # reuse the session's proxy (no rebuild)
+    monkeypatch.setattr(tcli, "_proxy", lambda path: proxy)  # reuse the module's proxy (no rebuild)
     out = tmp_path / "transfer.safetensors"
     ev = tmp_path / "eval.json"
-    rc = cli.main(["train-transfer", "--out", str(out), "--steps", "100", "--synthetic-identities", "6",
-                   "--hidden", "32", "--layers", "2", "--frames-per-step", "24", "--faces-per-sample", "1000",
-                   "--lr", "1e-2", "--checkpoint-every", "50", "--eval-pairs", "2", "--eval-frames", "6",
+    rc = cli.main(["train-transfer", "--out", str(out), "--steps", "80", "--synthetic-identities", "6",
+                   "--hidden", "32", "--layers", "2", "--frames-per-step", "16", "--faces-per-sample", "500",
+                   "--lr", "1e-2", "--checkpoint-every", "40", "--eval-pairs", "2", "--eval-frames", "6",
                    "--eval-json", str(ev)])
     assert rc == 0
     assert out.is_file() and out.with_name("transfer.loss.png").is_file() and out.with_name("transfer.ckpt.safetensors").is_file()
@@ -181,15 +192,16 @@ def test_train_cli_learned_and_deformation_beat_parameter_copy(proxy, tmp_path, 
         assert res[label]["face_rms_mm"] < copy["face_rms_mm"], printed
     assert res["deformation transfer"]["face_mm"] < copy["face_mm"], printed
     model = load_transfer_model(out)
-    assert model.meta["steps"] == 100 and model.meta["trained_on"]["synthetic"]
-    assert model.meta["final_loss"] < 0.9 * max(1e-9, _first_loss(out.with_name("transfer.ckpt.safetensors")))
+    assert model.meta["steps"] == 80 and model.meta["trained_on"]["synthetic"]
+    loss = _losses(out.with_name("transfer.ckpt.safetensors"))
+    assert len(loss) == 80 and np.mean(loss[-20:]) < 0.9 * np.mean(loss[:10]), "the loss did not go down"
 
 
-def _first_loss(ckpt):
+def _losses(ckpt):
     from safetensors import safe_open
 
     with safe_open(str(ckpt), framework="pt") as fh:
-        return json.loads(fh.metadata()["history"])[0][1]
+        return [h[1] for h in json.loads(fh.metadata()["history"])]
 
 
 def test_resume_continues_exactly(proxy, tmp_path):
@@ -199,9 +211,12 @@ def test_resume_continues_exactly(proxy, tmp_path):
                              encoder_hidden=16, vertex_embedding=4)
     tc = TrainConfig(steps=4, frames_per_step=2, faces_per_sample=300, checkpoint_every=2, seed=3)
 
-    def trainer():
+    data = TransferTrainer(proxy, mc, tc)
+    data.add_synthetic(2)
+
+    def trainer():  # same data, fresh model and optimizer
         t = TransferTrainer(proxy, mc, tc)
-        t.add_synthetic(2)
+        t.subjects, t.detail = data.subjects, data.detail
         return t
 
     straight = trainer()
@@ -224,11 +239,13 @@ def _regions(proxy):
     v, lm = rest.vertices[0], rest.landmarks[0]
     near = lambda pts, r: ((v[:, None] - pts[None]).norm(dim=-1) < r).any(1)  # noqa: E731
     head_top = v[:, 1] > v[:, 1].max() - 0.03
+    head_joints = torch.isin(proxy.skin_joints, torch.tensor([12, 15, 22, 23, 24]))
+    body = proxy.skin_weights[:, head_joints].sum(1) < 1e-6  # not skinned to neck, head, jaw or eyes
     return v, {
         "mouth_chin": near(lm[[8, 48, 54, 57, 66]], 0.012),
         "eyes": near(lm[36:48], 0.008),
         "skull": head_top,
-        "shoulders": v[:, 1] < lm[:, 1].min() - 0.12,
+        "body": body,
     }
 
 
@@ -255,7 +272,7 @@ def test_editor_controls_move_their_region_and_keep_the_skull(proxy):
     assert d.max() > 1e-3 and d[reg["skull"]].max() < 1e-6
     for name in ("head_pitch", "head_yaw", "head_roll"):
         d = moved({name: 10})
-        assert d[reg["skull"]].mean() > 5e-3 and d[reg["shoulders"]].max() < 1e-6, name
+        assert reg["body"].sum() > 100 and d[reg["skull"]].mean() > 5e-3 and d[reg["body"]].max() < 1e-6, name
     # sign conventions: yaw > 0 turns the face towards +x, pitch > 0 looks up
     with torch.no_grad():
         nose = lambda vals: proxy(apply_edit(proxy, base, ExpressionEdit(values=vals))).landmarks[0, 30]  # noqa: E731

@@ -368,15 +368,15 @@ class _OffsetField:
         self.solver = SmoothSolve(model.faces.cpu().numpy(), self.n, lam)
         with torch.no_grad():
             full = proxy.neutral(betas)  # [1, N_s, 3] canonical neutral
-            self.normals_full = vertex_normals(full, proxy.faces)[0]
+            normals_full = vertex_normals(full, proxy.faces)[0]
             if self.coarse:
-                self.normals = vertex_normals(full[:, : self.n], model.faces)[0]
+                self.normals = normals_full[: self.n]  # upsampled normals at the base vertices
                 local = -torch.ones(proxy.v_template.shape[0], dtype=torch.long, device=proxy.device)
                 local[proxy.bust_vertex_ids] = torch.arange(self.n, device=proxy.device)
                 self.gather = local[proxy.up_idx]  # [N_s, 3] base-local ids
                 self.gather_w = proxy.up_w
             else:
-                self.normals = self.normals_full
+                self.normals = normals_full
 
     def _x(self, u: torch.Tensor, max_offset: float) -> torch.Tensor:
         x = self.solver.solve(u)
@@ -391,11 +391,12 @@ class _OffsetField:
         return x * self.normals if self.mode == "normal" else x
 
     def upsampled(self, u: torch.Tensor, max_offset: float) -> torch.Tensor:
-        """The proxy's static offsets Δ_g: [N_s, 3]."""
-        x = self._x(u, max_offset)
+        """The proxy's static offsets Δ_g: [N_s, 3] (base-vertex offsets interpolated by B, exactly
+        what the coarse dense stage rendered)."""
+        x = self(u, max_offset)
         if self.coarse:
             x = (x[self.gather] * self.gather_w[..., None]).sum(1)
-        return x * self.normals_full if self.mode == "normal" else x
+        return x
 
 
 # =============================================================================================
@@ -868,7 +869,7 @@ def _dense_stage(proxy, views: List[_View], cam: _CameraModel, v: _Vars, cfg: Fi
                 continue
             crop = crops[k]
             ck = cam.camera(v, k, crop)
-            r = render_normals(out.vertices[k:k + 1], faces, ck)
+            r = render_normals(model.upsample_posed(out.vertices[k:k + 1]), proxy.faces, ck)
             rm = r.mask[0] > 0.5
             if vw.normal is not None:
                 m = rm & vw.normal_valid

@@ -59,6 +59,7 @@ class DenseModel(torch.nn.Module):
                 local[vids] = torch.arange(n, device=vids.device)
                 bf = proxy.base_faces
                 self.register_buffer("faces", local[bf[(local[bf] >= 0).all(1)]])
+                self.register_buffer("up_local", local[proxy.up_idx])  # [N_s, 3] base-local ids
                 # landmark candidate points as weights over base vertices (for the offsets there)
                 lf = torch.cat([proxy.lmk_faces, proxy.dyn_lmk_faces.reshape(-1)])
                 bary = torch.cat([proxy.lmk_bary, proxy.dyn_lmk_bary.reshape(-1, 3)])
@@ -80,6 +81,15 @@ class DenseModel(torch.nn.Module):
             from .landmarks import ShapeLandmarkModel
 
             self.rig = ShapeLandmarkModel(proxy, self.nb)
+
+    def upsample_posed(self, verts: torch.Tensor) -> torch.Tensor:
+        """Coarse model: posed base vertices [B, n, 3] → the upsampled mesh [B, N_s, 3] (the
+        proxy's barycentric gather applied after skinning; render with ``proxy.faces``). Shading
+        then matches the upsampled proxy (vertex normals of the coarse triangles do not: about
+        twice the normal-map error on the synthetic head). Identity when not coarse."""
+        if not self.coarse:
+            return verts
+        return (verts[:, self.up_local] * self.proxy_ref[0].up_w[None, ..., None]).sum(2)
 
     @property
     def num_vertices(self) -> int:

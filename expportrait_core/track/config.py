@@ -80,8 +80,8 @@ class TrackConfig:
     landmark_sigma: float = 0.006
     """Expected landmark noise as a fraction of the face size (≈1.5 px for a 250 px face)."""
     robust_scale: float = 3.0
-    """Huber threshold in units of ``landmark_sigma``: larger residuals (occlusions, a mislocated
-    contour point) are down-weighted instead of pulling the fit."""
+    """Scale of the robust (Cauchy) landmark loss in units of ``landmark_sigma``: larger residuals
+    (occlusions, a mislocated contour point) are down-weighted instead of pulling the fit."""
     contour_weight: float = 1.0
     """Factor on the 17 jaw-contour landmarks (their position along the silhouette is ambiguous)."""
     chin_weight: float = 3.0

@@ -4,7 +4,7 @@ Per frame ``t`` (all frames of a chunk at once, each with its own damping and ac
 
     E_t(θ) = Σ_i w_i ρ(|π_i(θ) − y_i| / σ) + Σ_rows w_row (Δπ_row(θ) − Δy_row)² / σ² + Σ_d P_d θ_d²
 
-with ``ρ`` the Huber function (scale ``robust_scale``) applied by iteratively re-weighting,
+with ``ρ`` the Cauchy function (scale ``robust_scale``) applied by iteratively re-weighting,
 ``σ = landmark_sigma × face size``, the *rows* the vertical eyelid openings and the inner lip gap
 (differences of two landmarks: blinks and lip closure are a few pixels and would otherwise drown
 in the rigid residual), and ``P`` the priors on jaw and expression. Two stages: (1) rotation and
@@ -110,10 +110,13 @@ class LandmarkSolver:
         if stage == "rigid":
             ww = ww * self.stable_mask
         norm = d.norm(dim=-1)
-        k = cfg.robust_scale
-        huber = torch.where(norm <= k, torch.ones_like(norm), k / norm.clamp_min(1e-12))
-        cost = (ww * torch.where(norm <= k, norm**2, 2 * k * norm - k * k)).sum(-1)
-        sw = (ww * huber).clamp_min(0).sqrt()  # IRLS weights
+        # Cauchy loss k² log(1 + s²/k²): quadratic for small residuals, redescending influence for
+        # outliers (an occluded or mis-detected landmark 20σ away keeps ~2 % weight). The rigid stage
+        # uses a 4× wider scale so a poor start is not mistaken for outliers.
+        k = cfg.robust_scale * (4.0 if stage == "rigid" else 1.0)
+        q = (norm / k) ** 2
+        cost = (ww * k * k * torch.log1p(q)).sum(-1)
+        sw = (ww / (1.0 + q)).clamp_min(0).sqrt()  # IRLS weights
         e = (d * sw[..., None]).reshape(theta.shape[0], -1)
         valid = (w > 0).to(d.dtype)
         rms = ((norm**2 * valid).sum(-1) / valid.sum(-1).clamp_min(1)).sqrt()

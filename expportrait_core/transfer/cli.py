@@ -1,7 +1,7 @@
 """Command line for the transfer stage.
 
-``python -m expportrait_core train-transfer --out transfer.safetensors [--motions M ...] [--synthetic-identities 24]
-[--steps 1500] [--resume] [--plot loss.png]`` trains the learned module (checkpoints, resume, progress bar, loss
+``python -m expportrait_core train-transfer --out transfer.safetensors [--motions M ...] [--synthetic-identities 16]
+[--steps 600] [--resume] [--plot loss.png]`` trains the learned module (checkpoints, resume, progress bar, loss
 plot, held-out synthetic evaluation against parameter copy and deformation transfer).
 
 ``python -m expportrait_core transfer --identity ID --motion M --out OUT [--method auto|learned|deformation|copy]``
@@ -106,18 +106,18 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="model file to write (.safetensors); put it in models/expportrait/transfer")
     p.add_argument("--smplx", default="", help="SMPLX_NEUTRAL_2020.npz (default: the synthetic demo head, with a warning)")
     p.add_argument("--motions", nargs="*", default=[], help="tracked motion files (with identity and dynamic offsets)")
-    p.add_argument("--synthetic-identities", type=int, default=24, help="synthetic training subjects (0 = none)")
-    p.add_argument("--steps", type=int, default=1500, help="total optimizer steps (a resumed run continues up to this)")
-    p.add_argument("--lr", type=float, default=2e-3, help="initial learning rate (cosine decay to 1e-4)")
+    p.add_argument("--synthetic-identities", type=int, default=16, help="synthetic training subjects (0 = none)")
+    p.add_argument("--steps", type=int, default=600, help="total optimizer steps (a resumed run continues up to this)")
+    p.add_argument("--lr", type=float, default=1e-2, help="initial learning rate (cosine decay to 1e-4)")
     p.add_argument("--subjects-per-step", type=int, default=2, help="subjects per step")
-    p.add_argument("--frames-per-step", type=int, default=12, help="frames per subject per step")
-    p.add_argument("--faces-per-sample", type=int, default=2000,
+    p.add_argument("--frames-per-step", type=int, default=24, help="frames per subject per step")
+    p.add_argument("--faces-per-sample", type=int, default=1000,
                    help="random face-region triangles per subject and step (0 = all)")
     p.add_argument("--normal-weight", type=float, default=0.5, help="weight of the surface-normal loss")
     p.add_argument("--rendered-normal-weight", type=float, default=0.0,
                    help="weight of an extra rasterized normal-map loss (0 = off; slower)")
-    p.add_argument("--hidden", type=int, default=128, help="width of G")
-    p.add_argument("--layers", type=int, default=3, help="hidden layers of G")
+    p.add_argument("--hidden", type=int, default=64, help="width of G")
+    p.add_argument("--layers", type=int, default=2, help="hidden layers of G")
     p.add_argument("--vertex-embedding", type=int, default=16,
                    help="size of the learned per-vertex code (0 = off: the model then also fits other head models)")
     p.add_argument("--code-dim", type=int, default=32, help="size of the per-frame code q")

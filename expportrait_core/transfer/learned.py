@@ -58,8 +58,8 @@ class TransferModelConfig:
     code_dim: int = 32
     encoder_hidden: int = 128
     encoder_layers: int = 2
-    hidden: int = 128
-    layers: int = 3
+    hidden: int = 64
+    layers: int = 2
     mix_hidden: int = 0
     gain: bool = True
     vertex_embedding: int = 16

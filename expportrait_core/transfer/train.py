@@ -57,17 +57,17 @@ class TrainConfig:
     synthetic_shape_scale: standard deviation of their leading betas;
     grad_clip: max gradient norm."""
 
-    steps: int = 1500
-    lr: float = 2e-3
+    steps: int = 600
+    lr: float = 1e-2
     lr_final: float = 1e-4
     subjects_per_step: int = 2
-    frames_per_step: int = 12
-    faces_per_sample: int = 2000
+    frames_per_step: int = 24
+    faces_per_sample: int = 1000
     normal_weight: float = 0.5
     rendered_normal_weight: float = 0.0
     seed: int = 0
     checkpoint_every: int = 100
-    synthetic_identities: int = 24
+    synthetic_identities: int = 16
     synthetic_seed: int = 1000
     synthetic_shape_scale: float = 1.0
     grad_clip: float = 1.0

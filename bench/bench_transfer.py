@@ -158,6 +158,8 @@ def main() -> None:
     ap.add_argument("--real", action="store_true", help="run the real-clip pipeline (tracking + fitting: minutes)")
     ap.add_argument("--out-dir", default="output/transfer_bench")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
+    ap.add_argument("--skip-timing", action="store_true")
+    ap.add_argument("--skip-eval", action="store_true")
     args = ap.parse_args()
     import torch
 
@@ -188,9 +190,11 @@ def main() -> None:
         report["training"] = {"steps": tr.step, "data_s": t_data, "train_s": tr.seconds,
                               "first_loss": tr.history[0][1], "last_loss_mean20": sum(h[1] for h in tr.history[-20:]) / 20}
         print("training:", report["training"])
-    report["timing"] = timing(proxy, model, args.frames)
-    print(json.dumps(report["timing"], indent=1))
-    report["evaluation"] = evaluation(proxy, model, args.pairs, args.pair_frames)
+    if not args.skip_timing:
+        report["timing"] = timing(proxy, model, args.frames)
+        print(json.dumps(report["timing"], indent=1))
+    if not args.skip_eval:
+        report["evaluation"] = evaluation(proxy, model, args.pairs, args.pair_frames)
     if args.real:
         report["real"] = real(proxy, model, out_dir)
         print(json.dumps(report["real"], indent=1))

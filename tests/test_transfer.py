@@ -124,6 +124,23 @@ def test_transfer_output_contract_and_file_round_trip(proxy, subjects, tmp_path)
     assert torch.equal(back.identity.static_offsets, b.static_offsets)
 
 
+def test_transfer_cli_on_files(proxy, subjects, tmp_path, monkeypatch):
+    from expportrait_core import cli
+    from expportrait_core.io.files import load_motion, save_identity, save_motion
+    from expportrait_core.transfer import cli as tcli
+
+    monkeypatch.setattr(tcli, "_proxy", lambda path: proxy)
+    a, b, motion = subjects
+    save_identity(b, tmp_path / "ref.safetensors")
+    save_motion(motion, tmp_path / "drv.safetensors")
+    rc = cli.main(["transfer", "--identity", str(tmp_path / "ref.safetensors"), "--motion", str(tmp_path / "drv.safetensors"),
+                   "--out", str(tmp_path / "out.safetensors"), "--method", "copy", "--jaw", "0.5", "--neutral-frame", "-1"])
+    out = load_motion(tmp_path / "out.safetensors", proxy.describe())
+    assert rc == 0 and out.num_frames == motion.num_frames
+    assert torch.allclose(out.params.jaw_pose, 0.5 * motion.params.jaw_pose, atol=1e-6)
+    assert torch.equal(out.identity.static_offsets, b.static_offsets)
+
+
 def test_factorization_is_computed_once_per_identity_pair(proxy, subjects, detail, monkeypatch):
     import scipy.sparse.linalg as sla
 

@@ -44,13 +44,13 @@ class FitConfig:
     rigid_lr: float = 0.01
     shape_iters: int = 150
     shape_lr: float = 0.05
-    dense_iters: int = 100
+    dense_iters: int = 150
     dense_shape_lr: float = 0.1
     """Adam's step bounds how far a coefficient can move per iteration: betas of ±1.5 need ≥ 0.05."""
     dense_expression_lr: float = 0.05
     dense_pose_lr: float = 0.003
     """Radians per step for head/jaw/eye/body rotations (translation: 5% of it, in metres)."""
-    offset_lr: float = 0.003
+    offset_lr: float = 0.01
     """Learning rate of the static-offset variables (metres of the preconditioned parameter)."""
     lr_final: float = 0.1
     """Every stage's learning rates decay along a cosine to this fraction of their initial value."""
@@ -75,7 +75,12 @@ class FitConfig:
     """Shape coefficients optimized (the rest stay 0); the prior keeps the unconstrained ones small."""
     num_fit_expression: int = 100
     w_betas: float = 0.015
-    w_expression: float = 0.002
+    w_expression: float = 0.1
+    w_betas_dense: float = 0.015
+    w_expression_dense: float = 0.1
+    """Priors in the dense stage. The expression prior is stronger there: a local expression
+    direction (cheek puff, brow raise) could otherwise explain the person's own geometry, which
+    belongs in the betas and static offsets (the reference should be near-neutral)."""
     w_jaw: float = 0.3
     """Jaw prior (radians²); sideways/twist and closing past rest are penalized 10×/100× more."""
     w_eyes: float = 0.3
@@ -89,18 +94,18 @@ class FitConfig:
     dense_crop: float = 2.4
     """Side of the dense-render window around the head, in units of the landmarks' box (2.4 keeps
     hair, ears and neck; 0 = the whole image)."""
-    w_normal: float = 30.0
+    w_normal: float = 60.0
     normal_robust: float = 0.0
     """0: plain L1 of the normal difference per pixel; > 0: c·log(1 + e/c), so pixels off by much
     more than c (creases, silhouettes, estimator failures) stop dominating."""
-    w_depth: float = 30.0
-    w_silhouette: float = 0.5
+    w_depth: float = 60.0
+    w_silhouette: float = 0.1
     w_dense_landmarks: float = 1.0
-    dense_rigid_warmup: float = 0.2
+    dense_rigid_warmup: float = 0.0
     """Fraction of the dense iterations that first refine only the head pose, translation and body
     turn against the dense terms (at ``dense_rigid_lr``)."""
     dense_rigid_lr: float = 0.01
-    offset_warmup: float = 0.4
+    offset_warmup: float = 0.0
     """Fraction of the dense iterations (including the rigid warm-up) with the offsets frozen:
     the smooth offsets would otherwise absorb the still-wrong global shape first."""
     offset_mode: str = "normal"
@@ -117,9 +122,9 @@ class FitConfig:
     on u move smooth patches of vertices instead of single vertices. 0 disables it."""
     w_offset_laplacian: float = 30.0
     """Laplacian smoothness of the offsets on the upsampled mesh (mean ‖LΔ‖² in mm², uniform L)."""
-    w_offset_magnitude: float = 0.03
+    w_offset_magnitude: float = 0.02
     """Magnitude prior outside the face (mean ‖Δ‖² in mm²)."""
-    w_offset_magnitude_face: float = 0.1
+    w_offset_magnitude_face: float = 0.05
     """Magnitude prior inside the face mask: face shape should come mostly from the betas."""
     max_offset: float = 0.05
     """Offsets are clamped to this length (metres) as a NaN/runaway guard."""

@@ -401,11 +401,13 @@ class _OffsetField:
 
 # =============================================================================================
 # losses
-def _priors(v: _Vars, cfg: FitConfig) -> Dict[str, torch.Tensor]:
+def _priors(v: _Vars, cfg: FitConfig, dense: bool = False) -> Dict[str, torch.Tensor]:
     jaw = v.jaw
+    w_b = cfg.w_betas_dense if dense else cfg.w_betas
+    w_e = cfg.w_expression_dense if dense else cfg.w_expression
     return {
-        "betas": cfg.w_betas * (v.betas ** 2).sum(),
-        "expression": cfg.w_expression * (v.expression ** 2).sum(-1).mean(),
+        "betas": w_b * (v.betas ** 2).sum(),
+        "expression": w_e * (v.expression ** 2).sum(-1).mean(),
         # jaw: opening (x) is free-ish; side/twist and closing past rest are unlikely
         "jaw": cfg.w_jaw * ((jaw[:, 1:] ** 2).sum(-1) * 10 + jaw[:, 0].clamp(max=0) ** 2 * 100 + jaw[:, 0] ** 2).mean(),
         "eyes": cfg.w_eyes * ((v.leye ** 2).sum(-1) + (v.reye ** 2).sum(-1)).mean(),
@@ -899,7 +901,7 @@ def _dense_stage(proxy, views: List[_View], cam: _CameraModel, v: _Vars, cfg: Fi
         terms["silhouette"] = cfg.w_silhouette * s_loss
         terms["offset_laplacian"] = cfg.w_offset_laplacian * MM2 * (torch.sparse.mm(lap, static) ** 2).sum(-1).mean()
         terms["offset_magnitude"] = MM2 * (mag_w * (static ** 2).sum(-1)).mean()
-        pri = _priors(v, cfg)
+        pri = _priors(v, cfg, dense=True)
         terms.update({k: pri[k] for k in ("betas", "expression", "jaw", "eyes", "body")})
         return terms
 

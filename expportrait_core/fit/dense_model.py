@@ -176,13 +176,13 @@ def rigid_transforms(rot: torch.Tensor, J: torch.Tensor, parents: torch.Tensor, 
             p = par[j]
             GR[j] = GR[p] @ rot[:, j]
             Gt[j] = (GR[p] @ (J[:, j] - J[:, p])[..., None])[..., 0] + Gt[p]
-    eye = torch.eye(4, device=rot.device, dtype=rot.dtype).expand(B, 4, 4)
-    bottom = torch.tensor([0.0, 0.0, 0.0, 1.0], device=rot.device, dtype=rot.dtype).expand(B, 1, 4)
-    mats = []
-    for j in range(rot.shape[1]):
-        if j in GR:
-            t = Gt[j] - (GR[j] @ J[:, j, :, None])[..., 0]
-            mats.append(torch.cat([torch.cat([GR[j], t[..., None]], -1), bottom], 1))
-        else:
-            mats.append(eye)
-    return torch.stack(mats, 1)
+    ids = list(GR.keys())
+    GRs = torch.stack([GR[j] for j in ids], 1)  # [B, J, 3, 3]
+    Gts = torch.stack([Gt[j] for j in ids], 1)  # [B, J, 3]
+    Js = J[:, ids]
+    t = Gts - (GRs @ Js[..., None])[..., 0]
+    top = torch.cat([GRs, t[..., None]], -1)  # [B, J, 3, 4]
+    bottom = torch.tensor([0.0, 0.0, 0.0, 1.0], device=rot.device, dtype=rot.dtype).expand(B, len(ids), 1, 4)
+    mats = torch.cat([top, bottom], 2)
+    A = torch.eye(4, device=rot.device, dtype=rot.dtype).repeat(B, rot.shape[1], 1, 1)
+    return A.index_copy(1, torch.tensor(ids, device=rot.device), mats)

@@ -33,12 +33,17 @@ def uniform_laplacian(faces: np.ndarray, num_vertices: int, dtype: torch.dtype =
     inv = np.where(deg > 0, 1.0 / np.maximum(deg, 1), 0.0)
     L = (sp.diags((deg > 0).astype(np.float64)) - sp.diags(inv) @ A).tocsr()
     L.sort_indices()
-    return torch.sparse_csr_tensor(
-        torch.from_numpy(L.indptr.astype(np.int64)),
-        torch.from_numpy(L.indices.astype(np.int64)),
-        torch.from_numpy(L.data).to(dtype),
-        size=L.shape,
-    )
+    import warnings
+
+    with warnings.catch_warnings():  # "sparse CSR support is in beta" is not for our users
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(
+            torch.from_numpy(L.indptr.astype(np.int64)),
+            torch.from_numpy(L.indices.astype(np.int64)),
+            torch.from_numpy(L.data).to(dtype),
+            size=L.shape,
+            check_invariants=False,
+        )
 
 
 class _SolveFn(torch.autograd.Function):

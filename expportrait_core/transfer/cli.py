@@ -28,6 +28,18 @@ def _proxy(path: str):
 
 
 def run_train(args: argparse.Namespace) -> int:
+    import torch
+
+    threads = torch.get_num_threads()
+    if args.threads > 0:  # small per-step operations: one thread avoids OpenMP spinning on shared CPUs
+        torch.set_num_threads(args.threads)
+    try:
+        return _run_train(args)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_train(args: argparse.Namespace) -> int:
     from ..errors import ExpPortraitError
     from ..io.files import load_motion
     from ..progress import TqdmProgress
@@ -42,7 +54,7 @@ def run_train(args: argparse.Namespace) -> int:
     tc = TrainConfig(steps=args.steps, lr=args.lr, subjects_per_step=args.subjects_per_step,
                      frames_per_step=args.frames_per_step, faces_per_sample=args.faces_per_sample,
                      normal_weight=args.normal_weight,
-                     rendered_normal_weight=args.rendered_normal_weight, seed=args.seed,
+                     rendered_normal_weight=args.rendered_normal_weight, seed=args.seed, threads=args.threads,
                      checkpoint_every=args.checkpoint_every, synthetic_identities=args.synthetic_identities)
     mc = TransferModelConfig(num_expression=max(proxy.num_expression, 1), code_dim=args.code_dim, hidden=args.hidden,
                              layers=args.layers, vertex_embedding=args.vertex_embedding)
@@ -122,6 +134,7 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
                    help="size of the learned per-vertex code (0 = off: the model then also fits other head models)")
     p.add_argument("--code-dim", type=int, default=32, help="size of the per-frame code q")
     p.add_argument("--seed", type=int, default=0, help="seed of initialization and data sampling")
+    p.add_argument("--threads", type=int, default=1, help="torch threads for the whole run (0 = torch's default)")
     p.add_argument("--checkpoint", default="", help="checkpoint file (default: OUT.ckpt.safetensors)")
     p.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint")

@@ -46,7 +46,7 @@ from ..errors import ExpPortraitError
 from ..head.params import HeadParams
 from ..progress import ProgressFn, report
 from .deformation import DeformationTransfer, DeformationTransferConfig
-from .geometry import expression_displacement, face_region_ids, fit_betas, fit_expression_dims
+from .geometry import face_region_ids, fit_betas, fit_expression_dims
 from .pose import POSE_MODES, resolve_strengths, transfer_pose
 
 log = logging.getLogger(__name__)
@@ -302,6 +302,10 @@ def transfer_motion(
         if not torch.equal(pred_ids.cpu(), ids):
             raise ExpPortraitError("The transfer model predicted offsets on another vertex set than the proxy's face region.")
         offsets = pred.double() * s["expression"]
+    elif cfg.scope == "detail" and (d_c is None or not bool(d_c.abs().max() > 0)):
+        # nothing to deform: the driver has no dynamic detail (e.g. a fast-path track)
+        psi_r = psi_c * s["expression"]
+        report(progress, T, T)
     else:
         psi_r, offsets = _deformation_method(proxy, motion, tgt_neutral, psi, psi_c, psi_n, d, d_c, d_n, ids, m, n,
                                              cfg, s["expression"], progress)

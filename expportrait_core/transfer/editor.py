@@ -344,7 +344,7 @@ def edit_motion(proxy, target, edit: ExpressionEdit, *, num_frames: Optional[int
 
     if isinstance(target, Motion):
         params = apply_edit(proxy, target.params, edit)
-        motion = Motion(params=params, camera=dict(target.camera), fps=target.fps, model=target.model,
+        motion = Motion(params=params, camera={k: v.clone() for k, v in target.camera.items()}, fps=target.fps, model=target.model,
                         image_size=tuple(target.image_size), dynamic_offsets=target.dynamic_offsets,
                         dynamic_offsets_index=target.dynamic_offsets_index, lost_frames=list(target.lost_frames),
                         crops=target.crops, identity=target.identity, name=(target.name or "motion") + "_edited")
@@ -360,7 +360,7 @@ def edit_motion(proxy, target, edit: ExpressionEdit, *, num_frames: Optional[int
     base = target.params.expand(1)
     base = HeadParams(**{k: v.expand(T, -1).clone() for k, v in base.as_dict().items()})
     params = apply_edit(proxy, base, edit)
-    motion = Motion(params=params, camera=dict(target.camera), fps=float(fps), model=target.model,
+    motion = Motion(params=params, camera={k: v.clone() for k, v in target.camera.items()}, fps=float(fps), model=target.model,
                     image_size=tuple(target.image_size), identity=target, name=(target.name or "identity") + "_edited")
     return motion, _identity_with(target, params.index(slice(0, 1)))
 
@@ -369,7 +369,7 @@ def _identity_with(identity, params: HeadParams):
     from ..io.files import Identity
 
     return Identity(betas=identity.betas, static_offsets=identity.static_offsets,
-                    params=params.replace(betas=identity.betas.clone()), camera=dict(identity.camera),
+                    params=params.replace(betas=identity.betas.clone()), camera={k: v.clone() for k, v in identity.camera.items()},
                     image_size=tuple(identity.image_size), model=identity.model, name=identity.name,
                     embedding=identity.embedding)
 

@@ -262,6 +262,6 @@ def synthetic_motion(proxy, identity, num_frames: int, seed: int, *, detail: Opt
     with torch.no_grad():
         neutral = proxy.neutral(identity.betas.to(proxy.device), identity.static_offsets.to(proxy.device))[0]
         dyn = detail.offsets(neutral, params.expression.to(proxy.device), params.jaw_pose.to(proxy.device))
-    return Motion(params=params, camera=dict(identity.camera), fps=float(fps), model=proxy.describe(),
+    return Motion(params=params, camera={k: v.clone() for k, v in identity.camera.items()}, fps=float(fps), model=proxy.describe(),
                   image_size=tuple(identity.image_size), dynamic_offsets=dyn.float().cpu(),
                   dynamic_offsets_index=detail.ids.cpu(), identity=identity, name=name or f"synthetic_motion_{seed}")

@@ -54,7 +54,9 @@ class TrainConfig:
     extra rasterized normal-map L1 term (0 = off; slower); seed: data sampling and init;
     checkpoint_every: steps between checkpoints; synthetic_identities: number of synthetic training
     subjects (0 = only motion files); synthetic_seed: first synthetic identity seed;
-    synthetic_shape_scale: standard deviation of their leading betas;
+    synthetic_shape_scale: standard deviation of their leading betas; threads: torch threads
+    while training (1: the per-step operations are small, and on a shared machine several
+    spinning OpenMP threads made steps 4× slower; 0 = leave torch's setting);
     grad_clip: max gradient norm."""
 
     steps: int = 600
@@ -71,6 +73,7 @@ class TrainConfig:
     synthetic_seed: int = 1000
     synthetic_shape_scale: float = 1.0
     grad_clip: float = 1.0
+    threads: int = 1
 
 
 @dataclass
@@ -226,7 +229,7 @@ class TransferTrainer:
                 off, nl = (err_f * fw).sum(-1).mean(), (nl_f * fw).sum(-1).mean()
             total_off = total_off + off
             total_n = total_n + nl
-            if cfg.rendered_normal_weight > 0 and verts is None:
+            if cfg.rendered_normal_weight > 0:
                 base = neutral[None] + expression_displacement(self.proxy, psi, self.ids).float()
                 total_n = total_n + cfg.rendered_normal_weight / max(cfg.normal_weight, 1e-9) * self._rendered(base, pred, target)
         k = len(batch)
@@ -260,8 +263,20 @@ class TransferTrainer:
         ``checkpoint_every`` steps and at the end. ``time_limit`` (s) stops early (checkpointed)."""
         if not self.subjects:
             raise ExpPortraitError("No training data: give motion files with dynamic offsets or synthetic identities.")
+        if self.config.rendered_normal_weight > 0 and 0 < self.config.faces_per_sample < len(self.faces):
+            raise ExpPortraitError("The rendered normal-map loss needs whole faces: use --faces-per-sample 0 with "
+                                   "--rendered-normal-weight.")
         total = int(steps if steps is not None else self.config.steps)
-        t0 = time.perf_counter()
+        threads = torch.get_num_threads()
+        if self.config.threads > 0:
+            torch.set_num_threads(self.config.threads)
+        try:
+            return self._train(total, checkpoint_path, progress, time_limit)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _train(self, total: int, checkpoint_path, progress, time_limit) -> List[list]:
+        t0 = start = time.perf_counter()
         self.model.train()
         while self.step < total:
             for grp in self.optimizer.param_groups:
@@ -276,7 +291,7 @@ class TransferTrainer:
             self.step += 1
             self.history.append([self.step, loss.item(), lo, ln])
             report(progress, self.step, total)
-            done = self.step >= total or (time_limit is not None and time.perf_counter() - t0 > time_limit)
+            done = self.step >= total or (time_limit is not None and time.perf_counter() - start > time_limit)
             if checkpoint_path is not None and (self.step % max(1, self.config.checkpoint_every) == 0 or done):
                 self.seconds += time.perf_counter() - t0
                 t0 = time.perf_counter()
@@ -370,7 +385,7 @@ def plot_losses(history: List[list], path: Path, title: str = "transfer training
     dr.text((pad, 5), title, fill="black")
     if history:
         steps = [h[0] for h in history]
-        series = [([h[1] for h in history], (200, 30, 30), "total"), ([h[2] for h in history], (30, 90, 200), "offset (mm)"),
+        series = [([h[1] for h in history], (200, 30, 30), "total"), ([h[2] for h in history], (30, 90, 200), "offset (mm²)"),
                   ([h[3] for h in history], (30, 150, 60), "normal")]
         vals = [v for s, _, _ in series for v in s if v > 0 and math.isfinite(v)]
         lo, hi = math.log10(min(vals)), math.log10(max(vals))

@@ -120,7 +120,8 @@ def _atomic_save(tensors: Dict[str, torch.Tensor], meta: Dict[str, str], path: P
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=meta)
+        # clone: safetensors refuses tensors that share memory (e.g. params.betas is betas)
+        save_file({k: v.detach().cpu().clone().contiguous() for k, v in tensors.items()}, tmp, metadata=meta)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -147,7 +147,7 @@ def fits(proxy, synthetic_case):
     return lmk_only, dense, steps
 
 
-@pytest.mark.xfail(reason="issue #4 still open: acceptance target not yet met by the current fitter (see closing note)", strict=False)
+@pytest.mark.xfail(reason="issue #4 open: static-offset cosine measured 0.78-0.84 across runs (target > 0.8); not yet reliable", strict=False)
 def test_synthetic_fit_recovers_geometry(proxy, synthetic_case, fits):
     lmk_only, dense, steps = fits
     c = synthetic_case
@@ -192,7 +192,6 @@ def test_identity_file_roundtrip_and_pose_recovery(proxy, synthetic_case, fits, 
     assert back.image_size == (SIZE, SIZE)
 
 
-@pytest.mark.xfail(reason="issue #4 still open: acceptance target not yet met by the current fitter (see closing note)", strict=False)
 def test_robust_to_bad_start_and_outliers(proxy, synthetic_case):
     """A strongly turned head from a frontal start, with 3 gross landmark outliers: the yaw
     hypotheses + robust loss still land within 1 px on the inliers."""
@@ -252,10 +251,9 @@ def test_bad_inputs_raise_clear_errors(proxy):
         fit_identity(proxy, img, analyzer=NoFace())
 
 
-@pytest.mark.xfail(reason="issue #4 still open: acceptance target not yet met by the current fitter (see closing note)", strict=False)
-def test_real_portrait_with_dlib(proxy):
-    """The portrait shipped in the insightface wheel, dlib landmarks: converges below 3% of the
-    inter-ocular distance and the rendered head covers the detected face."""
+@pytest.fixture(scope="module")
+def real_fit(proxy):
+    """Fit of the portrait shipped in the insightface wheel (t1.jpg), dlib landmarks."""
     import os
 
     pytest.importorskip("dlib")
@@ -274,20 +272,94 @@ def test_real_portrait_with_dlib(proxy):
     img = np.asarray(Image.open(path).convert("RGB"))
     faces = analyzer.detect(img)
     assert faces, "dlib found no face in t1.jpg"
-    face = faces[0]
-    x0, y0, x1, y1 = [int(round(float(v))) for v in face.box]
-    pad = int(1.0 * (x1 - x0))
+    x0, y0, x1, y1 = [int(round(float(v))) for v in faces[0].box]
+    pad = x1 - x0
     crop = img[max(0, y0 - pad): y1 + pad, max(0, x0 - pad): x1 + pad]
     res = fit_identity(proxy, crop, analyzer=analyzer, config=FitConfig(num_threads=1))
     lm = analyzer.detect(crop)[0].landmarks
     iod = float(np.linalg.norm(lm[36:42].mean(0) - lm[42:48].mean(0)))
-    err = float(np.linalg.norm(res.landmarks_2d - lm, axis=-1).mean())
-    print(f"\nreal portrait: landmark error {err:.2f} px = {100 * err / iod:.2f}% of the inter-ocular distance {iod:.1f} px")
-    assert err < 0.03 * iod
-    hull_pts = lm.astype(np.int32)
+    err = np.linalg.norm(res.landmarks_2d - lm, axis=-1)
+    print(f"\nreal portrait: landmark error {err.mean():.2f} px = {100 * err.mean() / iod:.2f}% of the inter-ocular distance "
+          f"{iod:.1f} px; inner 51 points {100 * err[17:].mean() / iod:.2f}%")
+    return res, crop, lm, iod, err
+
+
+def test_real_portrait_with_dlib(real_fit):
+    """The fit converges on a real photo, the rendered head covers the detected face and the
+    landmark error is bounded (regression bounds for the synthetic stand-in head; measured about
+    5% of the inter-ocular distance over all 68 points, 3.5% over the 51 inner ones)."""
     import cv2
 
+    res, crop, lm, iod, err = real_fit
+    assert err.mean() < 0.07 * iod and err[17:].mean() < 0.045 * iod
+    assert res.iterations["shape"] > 10 and np.isfinite(res.landmark_error_px)
     face_mask = np.zeros(crop.shape[:2], np.uint8)
-    cv2.fillConvexPoly(face_mask, cv2.convexHull(hull_pts), 1)
+    cv2.fillConvexPoly(face_mask, cv2.convexHull(lm.astype(np.int32)), 1)
     covered = float((res.rendered_mask > 0.5)[face_mask > 0].mean())
     assert covered > 0.9, f"rendered head covers only {covered:.0%} of the face region"
+
+
+@pytest.mark.xfail(reason="issue #4 target (< 3% of the inter-ocular distance) is for SMPL-X; the synthetic stand-in "
+                          "head's jaw contour and proportions are not a real face's (measured ~5%)", strict=False)
+def test_real_portrait_meets_issue_target(real_fit):
+    _, _, _, iod, err = real_fit
+    assert err.mean() < 0.03 * iod
+
+
+class _GivenLandmarks:
+    """A stand-in face analyzer returning fixed landmarks (the node's analyzer socket)."""
+
+    def __init__(self, landmarks):
+        self.landmarks = landmarks
+
+    def detect(self, image, max_faces=0, with_embedding=False):
+        from expportrait_core.face import Face
+
+        lm = np.asarray(self.landmarks, np.float32)
+        box = np.concatenate([lm.min(0), lm.max(0)]).astype(np.float32)
+        return [Face(box=box, score=1.0, landmarks=lm, landmark_weights=np.ones(68, np.float32), embedding=None,
+                     backend="given")]
+
+
+def test_node_fits_and_returns_identity_and_preview(proxy, synthetic_case):
+    from nodes.fit import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS, ExpPortraitFitIdentity
+
+    assert NODE_DISPLAY_NAME_MAPPINGS["ExpPortraitFitIdentity"] == "ExpPortrait Fit Identity"
+    assert NODE_CLASS_MAPPINGS["ExpPortraitFitIdentity"] is ExpPortraitFitIdentity
+    spec = ExpPortraitFitIdentity.INPUT_TYPES()
+    for group in spec.values():
+        for name, (_, opts) in group.items():
+            assert opts.get("tooltip"), name
+    c = synthetic_case
+    image = torch.from_numpy(c["image"]).float()[None] / 255.0
+    normal = torch.from_numpy(c["normal"]).float()[None]
+    mask = torch.from_numpy(c["mask"]).float()[None]
+    identity, preview = ExpPortraitFitIdentity().fit(proxy, image, _GivenLandmarks(c["landmarks"]), quality="fast",
+                                                     iterations_scale=0.3, normal_map=normal, mask=mask)
+    assert identity.static_offsets.shape == (proxy.num_vertices, 3)
+    assert float(identity.static_offsets.abs().max()) > 0, "normal map given: offsets must be fitted"
+    assert preview.shape == (1, SIZE, SIZE, 3) and 0.0 <= float(preview.min()) and float(preview.max()) <= 1.0
+
+
+def test_cli_registers_fit():
+    from expportrait_core.cli import build_parser
+
+    args = build_parser().parse_args(["fit", "--image", "a.png", "--out", "b.safetensors", "--normal", "n.png"])
+    assert args.command == "fit" and args.normal == "n.png" and args.smplx == "" and callable(args.func)
+
+
+def test_full_resolution_xyz_offsets_and_bad_pixels(proxy, synthetic_case):
+    """The other offset parametrization (free xyz offsets on every upsampled vertex) runs, and
+    NaN/Inf pixels in the estimator maps are treated as invalid instead of poisoning the fit."""
+    c = synthetic_case
+    normal = c["normal"].copy()
+    normal[100:140, 150:200] = np.nan
+    depth = c["depth"].copy()
+    depth[60:90, 160:220] = np.inf
+    cfg = FitConfig(num_threads=1, offset_space="full", offset_mode="xyz", dense_iters=6, dense_resolution=96,
+                    shape_iters=40)
+    res = fit_identity(proxy, c["image"], landmarks=c["landmarks"], normal_map=normal, depth=depth, config=cfg)
+    so = res.identity.static_offsets
+    assert torch.isfinite(so).all() and float(so.abs().max()) > 0
+    assert not any("non-finite" in w for w in res.warnings)
+    assert res.iterations["dense"] == 6 and res.landmark_error_px < 3.0

@@ -8,8 +8,8 @@ on the person (after scale/shift alignment).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
-from typing import Optional, Tuple
+from dataclasses import dataclass, replace
+from typing import Tuple
 
 QUALITY_PRESETS = ("fast", "balanced", "best")
 
@@ -36,7 +36,8 @@ class FitConfig:
 
     # --- initialization -----------------------------------------------------------------------
     yaw_hypotheses_deg: Tuple[float, ...] = (-35.0, 0.0, 35.0)
-    """Initial head yaws tried by the rigid stage (each refined for ``init_iters``; the best wins)."""
+    """Initial head yaws tried by the init (with a perspective-n-point solution of the inner
+    landmarks as one more hypothesis; all refined for ``init_iters`` steps, the best wins)."""
     init_iters: int = 25
 
     # --- stage iterations and learning rates (Adam) -------------------------------------------
@@ -56,7 +57,7 @@ class FitConfig:
     """Every stage's learning rates decay along a cosine to this fraction of their initial value."""
     early_stop_tol: float = 1e-5
     """Stop a stage when the loss improved by less than this (relative) over ``early_stop_window``."""
-    early_stop_window: int = 15
+    early_stop_window: int = 25
 
     # --- landmark term ------------------------------------------------------------------------
     w_landmarks: float = 1.0
@@ -76,11 +77,14 @@ class FitConfig:
     num_fit_expression: int = 100
     w_betas: float = 0.015
     w_expression: float = 0.1
+    """The expression prior is strong (0.1 vs 0.015 for betas): in one photo a local expression
+    direction (cheek puff, brow raise) could explain the person's own geometry, which belongs in
+    the betas and static offsets (the reference should be near-neutral). A weaker prior (0.02)
+    fits real landmarks closer (4.3% vs 5.3% of the inter-ocular distance on the insightface
+    sample) but lets expression absorb identity detail in the dense stage."""
     w_betas_dense: float = 0.015
     w_expression_dense: float = 0.1
-    """Priors in the dense stage. The expression prior is stronger there: a local expression
-    direction (cheek puff, brow raise) could otherwise explain the person's own geometry, which
-    belongs in the betas and static offsets (the reference should be near-neutral)."""
+    """Priors in the dense stage (separate knobs; equal to the landmark stages' by default)."""
     w_jaw: float = 0.3
     """Jaw prior (radians²); sideways/twist and closing past rest are penalized 10×/100× more."""
     w_eyes: float = 0.3
@@ -115,13 +119,16 @@ class FitConfig:
     regularizers)."""
     offset_space: str = "base"
     """``base``: offsets live on the bust's base vertices and are interpolated to the upsampled
-    mesh by the proxy's upsampler (fast; renders at ≤256² cannot resolve finer detail);
-    ``full``: one free offset per upsampled vertex (slower, for high-resolution targets)."""
+    mesh by the proxy's upsampler; the dense model is evaluated on those vertices and upsampled
+    after skinning (renders at ≤256² cannot resolve finer detail; 4× fewer vertices on the
+    synthetic head, ~15× on SMPL-X). ``full``: one free offset per upsampled vertex and the full
+    upsampled model (slower, for high-resolution targets)."""
     offset_smoothing: float = 30.0
     """λ of the "large steps" preconditioner x = (I + λL)⁻¹u (Nicolet et al. 2021): gradient steps
     on u move smooth patches of vertices instead of single vertices. 0 disables it."""
     w_offset_laplacian: float = 30.0
-    """Laplacian smoothness of the offsets on the upsampled mesh (mean ‖LΔ‖² in mm², uniform L)."""
+    """Laplacian smoothness of the offsets (mean ‖LΔ‖² in mm², uniform L = I - D⁻¹A) on the mesh
+    they live on (the bust's base mesh for ``offset_space='base'``, else the upsampled mesh)."""
     w_offset_magnitude: float = 0.02
     """Magnitude prior outside the face (mean ‖Δ‖² in mm²)."""
     w_offset_magnitude_face: float = 0.05
@@ -132,10 +139,11 @@ class FitConfig:
     # --- output / runtime ---------------------------------------------------------------------
     preview_alpha: float = 0.6
     seed: int = 0
-    num_threads: int = 0
-    """torch CPU threads during the fit (restored afterwards); 0 keeps the current setting. The fit
-    runs many small ops: on a busy 2-core machine 1 thread was up to 7× faster than 2 (OpenMP
-    threads wait for each other), see bench/RESULTS.md."""
+    num_threads: int = 1
+    """torch CPU threads during the fit (restored afterwards); 0 keeps the current setting; ignored
+    on CUDA. The fit runs many small ops plus a scipy sparse solve: on this project's 2-core CPU
+    one thread took 10–16 s for a 512² identity with dense terms and two threads 194 s (threads
+    spinning against each other and the BLAS pool; bench/RESULTS.md)."""
 
     def scaled(self, iterations_scale: float) -> "FitConfig":
         """A copy with every stage's iteration count multiplied by ``iterations_scale``."""

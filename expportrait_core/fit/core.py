@@ -1,21 +1,26 @@
 """Identity fitting (paper §2.6): SMPL-X shape + dense static offsets from one or a few portraits.
 
-Stages (each an Adam loop with NaN guards, early stopping and progress reporting):
+Stages (each an Adam loop with cosine learning-rate decay, NaN/Inf guards, early stopping and
+progress reporting; the ``progress`` callback may raise to cancel):
 
-1. **init** — multi-hypothesis rigid init on the landmark rig: for each initial yaw in
-   ``FitConfig.yaw_hypotheses_deg`` the translation is solved in closed form (linear least squares
-   of the perspective projection), then rotation + translation are refined for a few steps; the
-   hypothesis with the lowest robust landmark loss wins.
-2. **rigid** — camera (optionally the focal length) and head pose from landmarks.
+1. **init** — camera placement and multi-hypothesis rigid init on the landmark rig: the head
+   rotations of ``FitConfig.yaw_hypotheses_deg`` plus a perspective-n-point solution of the inner
+   landmarks are refined together, the translation re-solved in closed form after every step
+   (linear least squares of the perspective projection); the lowest robust loss wins.
+2. **rigid** — head pose (and optionally the focal length) from landmarks.
 3. **shape** — betas, expression and jaw (plus pose) from landmarks, with Gaussian priors
    (:class:`~expportrait_core.fit.landmarks.ShapeLandmarkModel`, a shape-aware landmark rig: no
    mesh evaluation, milliseconds per step).
-4. **dense** — only when a normal map, a depth map or a mask is given: the full upsampled proxy
-   is rendered at ``FitConfig.dense_resolution`` by the differentiable renderer and the static
-   offsets Δ_g (smooth "large steps" parametrization), betas, expression, jaw, eyes, head pose and
-   the body turn are refined against L1 normals, scale/shift-aligned L1 depth, a contour chamfer
-   silhouette term, landmarks, priors, offset magnitude (stronger inside the face mask: face
-   shape should come from the betas) and Laplacian smoothness of the offsets.
+4. **dense** — only when a normal map, a depth map or a mask is given: the posed proxy is
+   rendered by the differentiable renderer in a window around the head
+   (``FitConfig.dense_resolution``) and the static offsets Δ_g (a smooth "large steps" height field
+   along the normals), betas, expression, jaw, eyes, head pose and the body turn are refined
+   against L1 normals, scale/shift-aligned L1 depth, a contour-chamfer silhouette term, landmarks,
+   priors, offset magnitude (stronger inside the face mask: face shape should come from the
+   betas) and Laplacian smoothness of the offsets. By default (``offset_space='base'``) the model
+   is evaluated on the bust's base vertices and upsampled after skinning by the proxy's own
+   barycentric upsampler, so the rendered surface and shading are the upsampled mesh's at a
+   fraction of the cost (see :class:`~expportrait_core.fit.dense_model.DenseModel`).
 
 Conventions shared with tracking: camera rotation ``framing.FRONT_R``; focal from the field of
 view; the camera looks along the optical axis through the rest-pose head from the distance at
@@ -40,7 +45,7 @@ from ..head.params import HeadParams
 from ..io.files import Identity
 from ..progress import ProgressFn, report
 from .config import FitConfig
-from .landmarks import CONTOUR, ShapeLandmarkModel, face_size, project, robust_landmark_loss, solve_translation
+from .landmarks import CONTOUR, ShapeLandmarkModel, face_size, robust_landmark_loss, solve_translation
 from .dense_model import DenseModel
 from .laplacian import SmoothSolve, uniform_laplacian
 
@@ -596,7 +601,7 @@ def _optimize(name: str, groups: List[dict], closure: Callable[[], Dict[str, tor
         if on_step is not None:
             on_step()
         stepper.tick()
-        hist.append(float(loss))
+        hist.append(float(loss.detach()))
         if log.isEnabledFor(logging.DEBUG) and (it % 10 == 0 or it == 1):
             log.debug("fit %s %d: %.5f %s rot %s", name, it, hist[-1], {k: round(float(t), 5) for k, t in terms.items()},
                       [round(float(x), 4) for x in v.rot[0]])
@@ -799,7 +804,7 @@ def _fit_impl(proxy, views: List[_View], cfg: FitConfig, progress: Optional[Prog
         a = (cfg.preview_alpha * rmask)[..., None]
         preview = (img.astype(np.float32) * (1 - a) + normal_rgb.astype(np.float32) * a + 0.5).clip(0, 255).astype(np.uint8)
     stage_s["preview"] = time.perf_counter() - t0
-    report(progress, stepper.total, stepper.total, preview)
+    report(progress, stepper.total, stepper.total, preview.astype(np.float32) / 255.0)
 
     p0 = params.index(0)
     emb = views[0].embedding
@@ -834,7 +839,6 @@ def _dense_stage(proxy, views: List[_View], cam: _CameraModel, v: _Vars, cfg: Fi
     from ..render import render_normals
 
     dev = proxy.device
-    K = len(views)
     if cfg.offset_space not in ("base", "full"):
         raise ExpPortraitError(f"FitConfig.offset_space must be 'base' or 'full', got {cfg.offset_space!r}.")
     model = DenseModel(proxy, v.nb, v.ne, coarse=cfg.offset_space == "base")
@@ -858,7 +862,11 @@ def _dense_stage(proxy, views: List[_View], cam: _CameraModel, v: _Vars, cfg: Fi
               {"params": [v.jaw, v.leye, v.reye, v.rot, v.body], "lr": cfg.dense_pose_lr},
               {"params": [v.transl], "lr": cfg.dense_pose_lr * 0.05}]
 
+    calls = [0]
+    contour_ids: Dict[int, torch.Tensor] = {}
+
     def closure() -> Dict[str, torch.Tensor]:
+        calls[0] += 1
         static = field_(v.u, cfg.max_offset)
         out = model(v.params(), static, landmarks_see_offsets=False)
         terms: Dict[str, torch.Tensor] = {}
@@ -891,9 +899,11 @@ def _dense_stage(proxy, views: List[_View], cam: _CameraModel, v: _Vars, cfg: Fi
                     a = (zc * tc).sum() / (zc * zc).sum().clamp_min(1e-12)
                     d_loss = d_loss + (a * zc - tc).abs().mean()
             if sil is not None and vw.mask_boundary is not None:
-                vc = out.vertices[k] @ cam.R.T + cam.t
                 proj = crop.to_crop(cam.project_all(out.vertices[k:k + 1], v, [k])[0])
-                ids = sil.contour_vertices(vc.detach(), r.mask[0].detach().cpu().numpy(), proj.detach())
+                if calls[0] % 5 == 0 or k not in contour_ids:  # the silhouette moves slowly: refresh every 5 steps
+                    vc = out.vertices[k].detach() @ cam.R.T + cam.t
+                    contour_ids[k] = sil.contour_vertices(vc, r.mask[0].detach().cpu().numpy(), proj.detach())
+                ids = contour_ids[k]
                 unit = vw.scale * math.sqrt(crop.sx * crop.sy) * cfg.landmark_sigma
                 s_loss = s_loss + sil.loss(proj[ids], vw.mask_boundary, unit, cfg.robust_scale)
         terms["normal"] = cfg.w_normal * n_loss

@@ -71,14 +71,6 @@ class ShapeLandmarkModel(LandmarkRig):
         return torch.cat([contour, posed[:, : self.num_static]], 1)
 
 
-def project(points: torch.Tensor, R: torch.Tensor, t: torch.Tensor, f: torch.Tensor, cx: float, cy: float) -> torch.Tensor:
-    """Pinhole projection (OpenCV). points: [B, N, 3] world; R: [3, 3]; t: [3]; f: scalar tensor
-    (fx = fy). Returns [B, N, 2] pixels (pixel centres at +0.5)."""
-    pc = points @ R.T + t
-    z = pc[..., 2:3].clamp_min(1e-4)  # NaN guard for points behind the camera
-    return torch.cat([f * pc[..., :1] / z + cx, f * pc[..., 1:2] / z + cy], -1)
-
-
 def robust_landmark_loss(pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, scale: torch.Tensor,
                          sigma: float, c: float) -> torch.Tensor:
     """Cauchy loss of landmark residuals in units of the expected detection noise.

@@ -13,7 +13,6 @@ import math
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 log = logging.getLogger(__name__)

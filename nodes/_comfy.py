@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, List
 
 import numpy as np
 import torch
 
-from expportrait_core.errors import InterruptedByUser, MissingModelError
+from expportrait_core.errors import ExpPortraitError, InterruptedByUser, MissingModelError
+from expportrait_core.io.atomic import atomic_path
 from expportrait_core.paths import COMFY_CORE_FOLDERS, MODEL_FOLDERS, model_folder
 from expportrait_core.progress import ProgressFn
 
@@ -60,10 +61,9 @@ def install_demo_inputs() -> None:
         dst_dir = Path(folder_paths.get_input_directory())
         for src, dst in DEMO_INPUTS.items():
             if (src_dir / src).is_file() and not (dst_dir / dst).exists():
-                tmp = dst_dir / (dst + ".tmp")
-                shutil.copyfile(src_dir / src, tmp)
-                os.replace(tmp, dst_dir / dst)
-    except OSError:
+                with atomic_path(dst_dir / dst) as tmp:
+                    shutil.copyfile(src_dir / src, tmp)
+    except (OSError, ExpPortraitError):
         pass  # a read-only input folder must not break loading the pack
 
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
 import torch
 
 from expportrait_core.errors import ExpPortraitError

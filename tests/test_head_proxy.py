@@ -1,9 +1,8 @@
 """The personalized head proxy on the synthetic SMPL-X-format model."""
-import numpy as np
 import pytest
 import torch
 
-from expportrait_core.head import HeadParams, ProxyConfig, load_head_proxy
+from expportrait_core.head import ProxyConfig, load_head_proxy
 
 
 def test_proxy_matches_smplx_at_base_vertices(proxy, synthetic_model_path):

@@ -7,7 +7,6 @@ graph is validated against their real 0.8.0 schemas and runs up to the control v
 """
 import json
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest

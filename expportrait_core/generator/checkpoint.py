@@ -16,13 +16,13 @@ import json
 import logging
 import os
 import struct
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
 import torch
 
 from ..errors import ExpPortraitError
+from ..io.atomic import save_safetensors_atomic, write_text_atomic
 
 log = logging.getLogger("expportrait.generator")
 
@@ -188,29 +188,8 @@ def weight_files(folder: os.PathLike, stem: str) -> List[Path]:
 # writing
 # ----------------------------------------------------------------------------------------------
 def save_safetensors(tensors: Mapping[str, torch.Tensor], path: os.PathLike, metadata: Optional[Dict[str, str]] = None) -> None:
-    """Write tensors atomically (temp file in the same folder, then ``os.replace``)."""
-    from safetensors.torch import save_file
-
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=p.name + ".", suffix=".tmp", dir=p.parent)
-    os.close(fd)
-    try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.replace(tmp, p)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def write_text_atomic(path: os.PathLike, text: str) -> None:
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=p.name + ".", suffix=".tmp", dir=p.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, p)
+    """Write tensors atomically (see ``io.atomic``)."""
+    save_safetensors_atomic(tensors, path, metadata)
 
 
 # ----------------------------------------------------------------------------------------------

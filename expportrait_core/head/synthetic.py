@@ -24,8 +24,6 @@ half-plane's profile curve, between anatomical key heights (brow, eyelids, mouth
 from __future__ import annotations
 
 import os
-import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
@@ -1505,19 +1503,12 @@ def write_synthetic_smplx(path: str | Path, seed: int = 0) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     arrays = build_synthetic_smplx(seed)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            _write_npz(fh, arrays)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    from ..io.atomic import atomic_path
+
+    with atomic_path(path, suffix=".tmp") as tmp, open(tmp, "wb") as fh:
+        _write_npz(fh, arrays)
+        fh.flush()
+        os.fsync(fh.fileno())
     return path
 
 

@@ -18,8 +18,6 @@ SMPL-X file hash, vertex counts), ``fps``, ``lost_frames`` (JSON list), ``image_
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -28,6 +26,7 @@ import torch
 
 from ..errors import ExpPortraitError
 from ..head.params import HeadParams
+from .atomic import save_safetensors_atomic
 
 FORMAT_VERSION = "1"
 IDENTITY_KIND = "expportrait.identity"
@@ -112,24 +111,6 @@ class Motion:
         return out
 
 
-def _atomic_save(tensors: Dict[str, torch.Tensor], meta: Dict[str, str], path: Path) -> Path:
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        # clone: safetensors refuses tensors that share memory (e.g. params.betas is betas)
-        save_file({k: v.detach().cpu().clone().contiguous() for k, v in tensors.items()}, tmp, metadata=meta)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
 def _load(path: Path, kind: str) -> tuple[Dict[str, torch.Tensor], Dict[str, str]]:
     from safetensors import safe_open
 
@@ -175,7 +156,7 @@ def save_identity(identity: Identity, path: str | Path) -> Path:
         "image_size": json.dumps(list(identity.image_size)),
         "name": identity.name,
     }
-    return _atomic_save(identity.to_tensors(), meta, Path(path))
+    return save_safetensors_atomic(identity.to_tensors(), path, meta)
 
 
 def load_identity(path: str | Path, proxy_model: Optional[dict] = None) -> Identity:
@@ -207,7 +188,7 @@ def save_motion(motion: Motion, path: str | Path) -> Path:
         tensors.update(motion.identity.to_tensors("identity."))
         meta["identity.image_size"] = json.dumps(list(motion.identity.image_size))
         meta["identity.name"] = motion.identity.name
-    return _atomic_save(tensors, meta, Path(path))
+    return save_safetensors_atomic(tensors, path, meta)
 
 
 def load_motion(path: str | Path, proxy_model: Optional[dict] = None) -> Motion:

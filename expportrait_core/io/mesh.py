@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .video import atomic_path
+from .atomic import atomic_path
 
 
 def _vertex_normals(v: np.ndarray, f: np.ndarray) -> np.ndarray:

@@ -1,17 +1,15 @@
 """Video and image files (PyAV, Pillow). Outputs are written to a temp file and renamed."""
 from __future__ import annotations
 
-import os
-import tempfile
-from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
 from ..errors import ExpPortraitError
+from .atomic import atomic_path
 
 
 @dataclass
@@ -20,24 +18,6 @@ class VideoInfo:
     num_frames: int
     width: int
     height: int
-
-
-@contextmanager
-def atomic_path(path: str | Path, suffix: Optional[str] = None):
-    """Yield a temp path next to ``path``; rename it onto ``path`` only if the block succeeds."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix="." + path.stem + ".", suffix=suffix or path.suffix, dir=path.parent)
-    except OSError as exc:
-        raise ExpPortraitError(f"Cannot write to '{path.parent}': {exc.strerror or exc}.") from exc
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def probe_video(path: str | Path) -> VideoInfo:

@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple, Union
@@ -34,6 +32,7 @@ import numpy as np
 import torch
 
 from ..errors import ExpPortraitError
+from ..io.atomic import write_json_atomic
 from ..head.params import HeadParams
 from .rotations import aa_to_matrix, matrix_to_aa
 
@@ -381,20 +380,10 @@ def save_preset(edit: ExpressionEdit, path: Union[str, Path]) -> Path:
     path = Path(path)
     d = edit.to_dict()
     if path.suffix.lower() == ".json":
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w") as fh:
-                json.dump(d, fh, indent=1, sort_keys=True)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-        return path
+        return write_json_atomic(path, d, indent=1, sort_keys=True)
     if path.suffix.lower() != ".safetensors":
         raise ExpPortraitError(f"Preset files end in .json or .safetensors, got '{path.name}'.")
-    from ..io.files import _atomic_save
+    from ..io.atomic import save_safetensors_atomic
 
     names = edit.controls()
     vals = torch.tensor([edit.values.get(k, float("nan")) for k in names], dtype=torch.float64)
@@ -403,7 +392,7 @@ def save_preset(edit: ExpressionEdit, path: Union[str, Path]) -> Path:
                       dtype=torch.float64).reshape(len(edit.keyframes), len(names))
     meta = {"kind": PRESET_KIND, "format_version": PRESET_VERSION, "name": edit.name, "mode": edit.mode,
             "interpolation": edit.interpolation, "controls": json.dumps(names)}
-    return _atomic_save({"values": vals, "keyframe_frames": frames, "keyframe_values": kv}, meta, path)
+    return save_safetensors_atomic({"values": vals, "keyframe_frames": frames, "keyframe_values": kv}, path, meta)
 
 
 def load_preset(path: Union[str, Path]) -> ExpressionEdit:

@@ -273,7 +273,7 @@ class TransferModel(nn.Module):
     # -------------------------------------------------------------------------------------------
     def save(self, path: str | Path, extra_meta: Optional[dict] = None) -> Path:
         """Write weights + config as ``.safetensors`` (atomic)."""
-        from ..io.files import _atomic_save
+        from ..io.atomic import save_safetensors_atomic
 
         meta = {
             "kind": MODEL_KIND,
@@ -281,7 +281,7 @@ class TransferModel(nn.Module):
             "config": json.dumps(asdict(self.config), sort_keys=True),
             "meta": json.dumps({**self.meta, **(extra_meta or {})}, sort_keys=True),
         }
-        return _atomic_save({k: v.float() for k, v in self.state_dict().items()}, meta, Path(path))
+        return save_safetensors_atomic({k: v.float() for k, v in self.state_dict().items()}, path, meta)
 
 
 def model_from_tensors(tensors: dict, meta: dict, path: str | Path = "") -> TransferModel:

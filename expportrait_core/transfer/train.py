@@ -37,6 +37,7 @@ from typing import List, Optional
 import torch
 
 from ..errors import ExpPortraitError
+from ..io.atomic import atomic_path
 from ..progress import ProgressFn, report
 from .geometry import expression_displacement, face_region_ids, fit_betas, fit_expression_dims, region_faces
 from .learned import TransferModel, TransferModelConfig, VertexFeatures, model_from_tensors
@@ -310,7 +311,7 @@ class TransferTrainer:
 
     def save_checkpoint(self, path: Path) -> Path:
         """Weights, Adam state, step and loss history (``.safetensors``, atomic)."""
-        from ..io.files import _atomic_save
+        from ..io.atomic import save_safetensors_atomic
 
         tensors = {f"model.{k}": v.detach().float() for k, v in self.model.state_dict().items()}
         for i, p in enumerate(self.model.parameters()):
@@ -323,7 +324,7 @@ class TransferTrainer:
                 "config": json.dumps(asdict(self.model.config), sort_keys=True),
                 "meta": json.dumps(self._meta(), sort_keys=True), "step": str(self.step),
                 "history": json.dumps(self.history)}
-        return _atomic_save(tensors, meta, Path(path))
+        return save_safetensors_atomic(tensors, path, meta)
 
     def load_checkpoint(self, path: Path) -> None:
         """Restore weights, optimizer state, step and history (training continues exactly)."""
@@ -373,8 +374,6 @@ def _face_normals(verts: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 def plot_losses(history: List[list], path: Path, title: str = "transfer training") -> Path:
     """A PNG line plot of total / offset / normal loss (log scale) with PIL only."""
-    import os
-    import tempfile
 
     from PIL import Image, ImageDraw
 
@@ -406,14 +405,6 @@ def plot_losses(history: List[list], path: Path, title: str = "transfer training
         dr.text((x1 - 40, y0 + 8), str(steps[-1]), fill="black")
         dr.text(((x0 + x1) // 2 - 10, y0 + 8), "step", fill="black")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         img.save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return path

@@ -15,13 +15,12 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from ..errors import ExpPortraitError
+from ..io.atomic import write_json_atomic as _write_json_atomic
 from .schema import (
     ObjectInfo,
     find_object_info_path,
@@ -101,21 +100,8 @@ def _read_json(path: str) -> Any:
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to ``path`` through a temp file in the same folder and ``os.replace``."""
-    path = Path(path)
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise ExpPortraitError(f"output folder does not exist: {folder}")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write JSON atomically; the output folder must exist (a typo'd folder is an error, not created)."""
+    _write_json_atomic(path, data, make_parents=False)
 
 
 def cmd_validate_workflow(args: argparse.Namespace) -> int:

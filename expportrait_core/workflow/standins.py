@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from fractions import Fraction
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -84,28 +83,10 @@ def _next_path(output_dir: Path, prefix: str, ext: str) -> Path:
 
 
 def write_mp4(frames: Any, fps: float, path: Path) -> None:
-    """IMAGE ``[T, H, W, 3]`` (0..1) -> H.264 MP4 at ``path`` (temp file + rename). Odd sizes are
-    padded by one pixel (yuv420p needs even sides)."""
-    import av
-    import numpy as np
+    """IMAGE ``[T, H, W, 3]`` (0..1) -> H.264 MP4 at ``path`` (atomic; see ``io.video.write_video``)."""
+    from ..io.video import write_video
 
-    arr = (frames.detach().cpu().float().clamp(0, 1).numpy() * 255.0 + 0.5).astype(np.uint8)
-    t, h, w, _ = arr.shape
-    arr = np.pad(arr, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with av.open(str(tmp), mode="w", format="mp4") as c:
-            s = c.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
-            s.width, s.height, s.pix_fmt = arr.shape[2], arr.shape[1], "yuv420p"
-            for frame in arr:
-                for pkt in s.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                    c.mux(pkt)
-            for pkt in s.encode():
-                c.mux(pkt)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    write_video(path, frames.detach().cpu().float().numpy(), fps)
 
 
 def core_stand_ins(input_dir: os.PathLike, output_dir: os.PathLike) -> Dict[str, type]:

@@ -9,7 +9,6 @@ Note nodes say which real model file goes in which folder.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any, Callable, Dict
 

@@ -73,7 +73,7 @@ def animate(reference: str | Path, driving: str | Path, out: str | Path, *, smpl
     from .fit import fit_identity
     from .head import load_head_proxy, synthetic_head_proxy
     from .io.files import load_identity
-    from .io.video import iter_video_frames, probe_video, read_image, write_video
+    from .io.video import iter_video_frames, prefetch, probe_video, read_image, write_video
     from .progress import TqdmProgress
     from .track import track_video
     from .transfer import transfer_motion
@@ -104,7 +104,7 @@ def animate(reference: str | Path, driving: str | Path, out: str | Path, *, smpl
     seconds["fit"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    frames = iter_video_frames(driving, max_frames)
+    frames = prefetch(iter_video_frames(driving, max_frames), depth=8)
     with TqdmProgress("track driving video") as bar:
         tracked = track_video(proxy, frames, analyzer, fps=info.fps, progress=bar)
     motion = tracked.motion

@@ -144,3 +144,35 @@ def test_video_and_mesh_writers(tmp_path):
     assert js["accessors"][0]["count"] == 3
     obj = write_obj(tmp_path / "m.obj", v, f).read_text()
     assert "f 1//1 2//2 3//3" in obj
+
+
+def test_prefetch_keeps_order_bounds_lead_propagates_errors_and_stops_early():
+    import threading
+    import time
+
+    from expportrait_core.io.video import prefetch
+
+    produced = []
+
+    def items(n, fail_at=-1):
+        for i in range(n):
+            if i == fail_at:
+                raise ValueError(f"bad frame {i}")
+            produced.append(i)
+            yield i
+
+    assert list(prefetch(items(50), depth=3)) == list(range(50))
+    assert list(prefetch(items(5), depth=0)) == list(range(5))
+
+    produced.clear()
+    it = prefetch(items(100), depth=3)
+    assert next(it) == 0
+    time.sleep(0.3)
+    # the producer runs at most `depth` items (+1 in hand) ahead of the consumer
+    assert len(produced) <= 1 + 3 + 1
+    it.close()
+    time.sleep(0.2)
+    assert not any(t.name == "expportrait-prefetch" and t.is_alive() for t in threading.enumerate())
+
+    with pytest.raises(ValueError, match="bad frame 7"):
+        list(prefetch(items(20, fail_at=7), depth=4))

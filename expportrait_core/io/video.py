@@ -4,12 +4,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
 
 from ..errors import ExpPortraitError
 from .atomic import atomic_path
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -65,6 +67,59 @@ def iter_video_frames(path: str | Path, max_frames: int = 0, start: int = 0) -> 
             k += 1
             if max_frames and k >= max_frames:
                 break
+
+
+def prefetch(items: Iterable[T], depth: int = 4) -> Iterator[T]:
+    """Iterate ``items`` on a background thread, ``depth`` items ahead of the consumer.
+
+    Video decoding (PyAV/FFmpeg) and resizing release the GIL, so on a multi-core CPU they overlap
+    with the consumer's work (landmarks, solving) instead of adding to it. Memory stays bounded by
+    ``depth`` items. Exceptions from ``items`` are re-raised in the consumer; when the consumer
+    stops early (``break``, an error, ``close()``) the producer thread is told to stop.
+    """
+    import queue
+    import threading
+
+    if depth <= 0:
+        yield from items
+        return
+    q: "queue.Queue" = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        q.put((None, item), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put((None, done))
+        except BaseException as exc:  # handed to the consumer
+            q.put((exc, None))
+
+    worker = threading.Thread(target=produce, name="expportrait-prefetch", daemon=True)
+    worker.start()
+    try:
+        while True:
+            exc, item = q.get()
+            if exc is not None:
+                raise exc
+            if item is done:
+                return
+            yield item
+    finally:
+        stop.set()
+        while worker.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                pass
+            worker.join(timeout=0.05)
 
 
 def read_video(path: str | Path, max_frames: int = 0) -> tuple[np.ndarray, float]:

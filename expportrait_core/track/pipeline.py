@@ -587,10 +587,11 @@ def track_video(
 def track_video_file(proxy, path, analyzer, *, max_frames: int = 0, **kw) -> TrackResult:
     """Track a video file, decoding frames one at a time (constant memory). ``kw`` as
     :func:`track_video` (``fps`` defaults to the file's)."""
-    from ..io.video import iter_video_frames, probe_video
+    from ..io.video import iter_video_frames, prefetch, probe_video
 
     info = probe_video(path)
     kw.setdefault("fps", info.fps)
     n = info.num_frames if not max_frames else min(max_frames, info.num_frames)
     kw.setdefault("num_frames", n)
-    return track_video(proxy, iter_video_frames(path, max_frames), analyzer, **kw)
+    # decode on a background thread: it overlaps with landmarks + solve on a multi-core CPU
+    return track_video(proxy, prefetch(iter_video_frames(path, max_frames), depth=8), analyzer, **kw)

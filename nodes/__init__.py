@@ -6,7 +6,7 @@ whole pack (install pain is the top complaint about portrait packs).
 import importlib
 import logging
 
-from ._comfy import install_demo_inputs, register_model_folders
+from ._comfy import allow_autograd, install_demo_inputs, register_model_folders
 
 log = logging.getLogger("ExpPortrait")
 
@@ -32,6 +32,8 @@ for _name in STAGE_MODULES:
         LOAD_ERRORS[_name] = repr(_exc)
         log.warning("ExpPortrait: skipping %s nodes (%s)", _name, _exc)
         continue
+    for _cls in getattr(_mod, "NODE_CLASS_MAPPINGS", {}).values():
+        allow_autograd(_cls)  # ComfyUI runs nodes in inference mode; ours need ordinary tensors
     NODE_CLASS_MAPPINGS.update(getattr(_mod, "NODE_CLASS_MAPPINGS", {}))
     NODE_DISPLAY_NAME_MAPPINGS.update(getattr(_mod, "NODE_DISPLAY_NAME_MAPPINGS", {}))
 

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from expportrait_core.errors import ExpPortraitError, InterruptedByUser, MissingModelError
+from expportrait_core.grad import autograd_enabled
 from expportrait_core.io.atomic import atomic_path
 from expportrait_core.paths import COMFY_CORE_FOLDERS, MODEL_FOLDERS, model_folder
 from expportrait_core.progress import ProgressFn
@@ -140,6 +141,23 @@ def comfy_progress(total: int) -> ProgressFn:
     return _progress
 
 
+def allow_autograd(cls: type) -> type:
+    """Run the node's FUNCTION outside ComfyUI's ``torch.inference_mode()`` with grad enabled.
+
+    Fitting and detail tracking optimize with autograd, and every tensor a pack node creates (head
+    proxy buffers, identities, motions) must be an ordinary tensor so that later nodes can use it in
+    autograd; tensors created in inference mode cannot be. Applied once to every pack node class.
+    """
+    name = getattr(cls, "FUNCTION", None)
+    fn = getattr(cls, name, None) if name else None
+    if fn is None or getattr(fn, "_expportrait_autograd", False):
+        return cls
+    wrapped = autograd_enabled(fn)
+    wrapped._expportrait_autograd = True  # type: ignore[attr-defined]
+    setattr(cls, name, wrapped)
+    return cls
+
+
 def image_to_numpy(image: torch.Tensor) -> np.ndarray:
     """ComfyUI IMAGE ``[B, H, W, C]`` float 0..1 → uint8 ``[B, H, W, 3]`` RGB (alpha dropped, gray expanded)."""
     if image.ndim == 3:
@@ -169,6 +187,7 @@ def numpy_to_image(frames: np.ndarray) -> torch.Tensor:
 
 __all__ = [
     "CATEGORY",
+    "allow_autograd",
     "IN_COMFY",
     "InterruptedByUser",
     "comfy_progress",

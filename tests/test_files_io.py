@@ -176,3 +176,21 @@ def test_prefetch_keeps_order_bounds_lead_propagates_errors_and_stops_early():
 
     with pytest.raises(ValueError, match="bad frame 7"):
         list(prefetch(items(20, fail_at=7), depth=4))
+
+
+def test_atomic_write_gives_normal_permissions_and_leaves_nothing_on_failure(tmp_path):
+    import os
+
+    from expportrait_core.io.atomic import atomic_path, write_text_atomic
+
+    mask = os.umask(0o022)
+    try:
+        p = write_text_atomic(tmp_path / "a.txt", "x")
+        assert (p.stat().st_mode & 0o777) == 0o644  # not mkstemp's 0600
+    finally:
+        os.umask(mask)
+    with pytest.raises(RuntimeError):
+        with atomic_path(tmp_path / "b.bin") as tmp:
+            tmp.write_bytes(b"partial")
+            raise RuntimeError("writer failed")
+    assert sorted(q.name for q in tmp_path.iterdir()) == ["a.txt"]

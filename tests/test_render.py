@@ -13,6 +13,14 @@ from expportrait_core.render.meshes import head_proxy_mesh, uv_sphere
 
 F64 = torch.float64
 HAS_NVDR = "nvdiffrast" in available_backends()
+try:
+    import numba  # noqa: F401
+    HAS_NUMBA = True
+except ImportError:
+    HAS_NUMBA = False
+NUMBA = RasterConfig(kernel="numba")
+TORCH = RasterConfig(kernel="torch")
+KERNELS = [pytest.param("numba", marks=pytest.mark.skipif(not HAS_NUMBA, reason="numba not installed")), "torch"]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -245,12 +253,14 @@ def test_float32_matches_float64():
 
 
 # ------------------------------------------------------------------------------------- gradients
-def test_finite_difference_gradients_float64():
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_finite_difference_gradients_float64(kernel):
+    cfg = RasterConfig(kernel=kernel)
     torch.manual_seed(0)
     v, f = uv_sphere(6, 8, 0.1, F64)
     v = v + 0.004 * torch.randn_like(v)
     cam = Camera.look_at((0.02, 0.01, 0.5), (0.0, 0.0, 0.0), fov_y_deg=20, width=40, height=40).to(dtype=F64)
-    fid = render_normals(v[None], f, cam).face_id[0]
+    fid = render_normals(v[None], f, cam, config=cfg).face_id[0]
     interior = fid >= 0
     for dy in (-1, 0, 1):
         for dx in (-1, 0, 1):
@@ -259,7 +269,7 @@ def test_finite_difference_gradients_float64():
     w = torch.randn(40, 40, 3, dtype=F64, generator=torch.Generator().manual_seed(1))
 
     def loss(vv):
-        o = render_normals(vv[None], f, cam)
+        o = render_normals(vv[None], f, cam, config=cfg)
         return ((o.normals[0] * w).sum(-1) * interior).sum() + 3.0 * (o.depth[0] * w[..., 0] * interior).sum()
 
     vv = v.clone().requires_grad_(True)
@@ -298,6 +308,157 @@ def test_custom_autograd_functions_gradcheck():
     cols = torch.randn(3, 4, dtype=F64, generator=g, requires_grad=True)
     pix = torch.tensor([1, 4, 5, 9])
     assert torch.autograd.gradcheck(lambda c: _Densify.apply(c, pix, 12, torch.tensor([0.1, 0.2, 0.3], dtype=F64)), (cols,), fast_mode=True)
+
+
+# ------------------------------------------------------------------------------------- numba kernels
+def _kernel_case(dtype, B=2):
+    """A head mesh seen by B different cameras with tensor parameters (for camera gradients)."""
+    v, f = head_proxy_mesh(8000)
+    cams = [Camera.look_at((0.08 * i - 0.04, 0.02, 0.6 + 0.05 * i), (0.0, 0.0, 0.0), focal=190.0 + 30 * i,
+                           width=112, height=96) for i in range(B)]
+    fx = torch.tensor([float(c.fx) for c in cams], dtype=dtype)
+    cx, cy = torch.tensor([55.3, 57.1][:B], dtype=dtype), torch.tensor([47.9, 45.2][:B], dtype=dtype)
+    cam = Camera(fx, fx * 1.02, cx, cy, torch.stack([c.R for c in cams]).to(dtype),
+                 torch.stack([c.t for c in cams]).to(dtype), 112, 96)
+    verts = torch.stack([v * (1.0 + 0.03 * i) for i in range(B)]).to(dtype)
+    return verts, f, cam
+
+
+@pytest.mark.skipif(not HAS_NUMBA, reason="numba not installed")
+@pytest.mark.parametrize("cull", [True, False])
+def test_numba_and_torch_kernels_agree(cull):
+    """Same face ids (the numba raster repeats the float32 arithmetic), same outputs, same
+    gradients w.r.t. vertices and camera parameters."""
+    for dtype in (torch.float32, F64):
+        verts, f, cam = _kernel_case(dtype)
+        w = torch.randn(2, 96, 112, 3, generator=torch.Generator().manual_seed(0), dtype=dtype)
+        outs, grads = {}, {}
+        for name, cfg in (("numba", NUMBA), ("torch", TORCH)):
+            vv = verts.clone().requires_grad_(True)
+            fx = cam.fx.clone().requires_grad_(True)
+            R = cam.R.clone().requires_grad_(True)
+            c = Camera(fx, cam.fy, cam.cx, cam.cy, R, cam.t, cam.width, cam.height)
+            o = render_normals(vv, f, c, background=(0.1, 0.2, 0.3), cull_backfaces=cull, config=cfg)
+            loss = ((o.normals * w).sum() + 3.0 * (o.depth * w[..., 0]).sum() + (o.normal_rgb * w.flip(-1)).sum()
+                    + ((o.normals - w).abs().sum(-1) * o.mask).sum())
+            loss.backward()
+            outs[name], grads[name] = o, (vv.grad, fx.grad, R.grad)
+        a, b = outs["numba"], outs["torch"]
+        assert a.face_id.dtype == torch.int64 and (a.face_id >= 0).sum() > 5000
+        assert torch.equal(a.face_id, b.face_id) and torch.equal(a.mask, b.mask)
+        for k in ("normal_rgb", "normals", "depth"):
+            x, y = getattr(a, k), getattr(b, k)
+            assert x.dtype == y.dtype == dtype and x.shape == y.shape and x.is_contiguous()
+            assert (x - y).abs().max() < 1e-5, k
+        rtol = 1e-9 if dtype == F64 else 2e-3              # float32: the torch path accumulates in float32
+        for ga, gb in zip(grads["numba"], grads["torch"]):
+            assert ga.abs().max() > 0
+            assert (ga - gb).abs().max() <= rtol * gb.abs().max(), (ga - gb).abs().max() / gb.abs().max()
+
+
+@pytest.mark.skipif(not HAS_NUMBA, reason="numba not installed")
+def test_numba_kernels_given_normals_supersampling_and_rasterize():
+    verts, f, cam = _kernel_case(torch.float32, B=1)
+    vn = -vertex_normals(verts, f)                                       # any field; flipped on purpose
+    for kw in (dict(vertex_normals=vn), dict(supersample=2)):
+        a = render_normals(verts, f, cam, config=NUMBA, **kw)
+        b = render_normals(verts, f, cam, config=TORCH, **kw)
+        assert torch.equal(a.face_id, b.face_id)
+        assert (a.normals - b.normals).abs().max() < 1e-5 and (a.depth - b.depth).abs().max() < 1e-5
+    a = rasterize(cam.world_to_camera(verts), f, cam, config=NUMBA)
+    b = rasterize(cam.world_to_camera(verts), f, cam, config=TORCH)
+    assert torch.equal(a.face_id, b.face_id) and torch.equal(a.bary, b.bary) and torch.equal(a.depth, b.depth)
+
+
+@pytest.mark.skipif(not HAS_NUMBA, reason="numba not installed")
+def test_numba_autograd_functions_gradcheck():
+    """The fused numba backward passes match numerical derivatives (visibility held fixed)."""
+    from expportrait_core.render.api import _NumbaShade, _NumbaVertexNormals
+
+    torch.manual_seed(0)
+    v, f = uv_sphere(6, 8, 0.1, F64)
+    v = v + 0.004 * torch.randn_like(v)
+    cam = Camera.look_at((0.02, 0.01, 0.5), (0.0, 0.0, 0.0), fov_y_deg=20, width=12, height=10).to(dtype=F64)
+    ids = render_normals(v[None], f, cam).face_id
+    assert (ids >= 0).sum() > 40
+    xyz = cam.world_to_camera(v[None])[0].t().contiguous().requires_grad_(True)
+    V = v.shape[0]
+    assert torch.autograd.gradcheck(lambda x: _NumbaVertexNormals.apply(x, f, V), (xyz,), fast_mode=True)
+    vn = vertex_normals(v[None], f)[0].t().contiguous().requires_grad_(True)
+    r0 = ((torch.arange(12, dtype=F64) + 0.5 - 6.0) / 30.0)[None].requires_grad_(True)
+    r1 = ((torch.arange(10, dtype=F64) + 0.5 - 5.0) / 30.0)[None].requires_grad_(True)
+    bg = torch.tensor([0.1, 0.2, 0.3], dtype=F64)
+
+    def shade(x, n, a, b):
+        rgb, nrm, depth, _ = _NumbaShade.apply(x, n, a, b, f, ids, bg, V)
+        return rgb, nrm, depth
+
+    assert torch.autograd.gradcheck(shade, (xyz, vn, r0, r1), fast_mode=True)
+
+
+@pytest.mark.skipif(not HAS_NUMBA, reason="numba not installed")
+def test_numba_kernels_interleaved_renders_and_threads():
+    """Several renders alive before one backward (fitting renders every view first), and renders
+    from two threads at once (the kernels release the GIL and reuse per-thread scratch)."""
+    import threading
+
+    verts, f, cam = _kernel_case(F64)
+    grads = {}
+    for name, cfg in (("numba", NUMBA), ("torch", TORCH)):
+        vv = verts.clone().requires_grad_(True)
+        a = render_normals(vv[:1], f, cam.index(0), config=cfg)
+        b = render_normals(vv[1:] * 1.1, f, cam.index(1), config=cfg)
+        (a.normals.sum() + (b.depth * b.mask).sum() - a.normal_rgb[..., 0].sum()).backward()
+        grads[name] = vv.grad
+    assert torch.allclose(grads["numba"], grads["torch"], rtol=1e-9, atol=1e-9 * float(grads["torch"].abs().max()))
+
+    v2, f2 = head_proxy_mesh(3000)
+    c32 = cam.to(dtype=torch.float32)
+    jobs = [(verts[:1].float(), f, c32.index(0)), (v2[None], f2, c32.index(1))]
+    ref = [render_normals(v, ff, c, config=NUMBA) for v, ff, c in jobs]
+    errors = []
+
+    def work(k):
+        try:
+            for _ in range(5):
+                o = render_normals(*jobs[k], config=NUMBA)
+                assert torch.equal(o.face_id, ref[k].face_id) and torch.equal(o.normal_rgb, ref[k].normal_rgb)
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+
+
+def test_kernel_selection_and_fallback(monkeypatch):
+    """EXPP_RENDER_KERNEL picks the path; without numba, "auto" falls back to PyTorch and an
+    explicit "numba" request says how to fix it."""
+    from expportrait_core.render import api
+
+    v, f = _quad(-0.2, 0.2, -0.2, 0.2, 1.0)
+    cam = Camera(40.0, 40.0, 16.0, 16.0, torch.eye(3), torch.zeros(3), 32, 32)
+    ref = render_normals(v[None], f, cam, config=TORCH)
+
+    def numba_used(*args):
+        raise AssertionError("the numba path ran")
+
+    monkeypatch.setattr(api._NumbaShade, "apply", numba_used)
+    monkeypatch.setenv("EXPP_RENDER_KERNEL", "torch")
+    assert torch.equal(render_normals(v[None], f, cam).normal_rgb, ref.normal_rgb)
+    monkeypatch.setenv("EXPP_RENDER_KERNEL", "opengl")
+    with pytest.raises(ExpPortraitError, match="EXPP_RENDER_KERNEL"):
+        render_normals(v[None], f, cam)
+    monkeypatch.setenv("EXPP_RENDER_KERNEL", "numba")
+    monkeypatch.setattr(api, "_nb_state", [None, ImportError("No module named 'numba'")])
+    with pytest.raises(ExpPortraitError, match="pip install numba"):
+        render_normals(v[None], f, cam)
+    monkeypatch.delenv("EXPP_RENDER_KERNEL")
+    out = render_normals(v[None], f, cam)                               # auto: PyTorch fallback
+    assert torch.equal(out.normal_rgb, ref.normal_rgb) and torch.equal(out.face_id, ref.face_id)
 
 
 def test_gradients_reach_vertices_through_rasterize_and_camera():

@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import ExpPortraitError
+from ..grad import autograd_enabled
 from ..progress import TqdmProgress
 from .config import ControlEncoderConfig, tiny_config
 from .video_rules import latent_frames
@@ -167,6 +168,7 @@ class TrainResult:
     export: Optional[Path]
 
 
+@autograd_enabled
 def train(args: argparse.Namespace) -> TrainResult:
     """Run training as configured by the ``train-generator`` arguments (see :func:`add_cli`)."""
     from .data import TripletDataset

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Iterator, Mapping, Optional
+from typing import Any, Dict, Iterator, Mapping, Optional, Tuple
 
 from ..errors import ExpPortraitError
 
@@ -32,7 +32,7 @@ def atomic_path(path: str | os.PathLike, suffix: Optional[str] = None, make_pare
             folder.mkdir(parents=True, exist_ok=True)
         elif not folder.is_dir():
             raise ExpPortraitError(f"Output folder does not exist: '{folder}'. Create it or choose another path.")
-        fd, tmp = tempfile.mkstemp(prefix="." + path.stem + ".", suffix=suffix or path.suffix or ".tmp", dir=folder)
+        fd, tmp = _create_temp(folder, "." + path.stem + ".", suffix or path.suffix or ".tmp")
     except OSError as exc:
         raise ExpPortraitError(f"Cannot write to '{folder}': {exc.strerror or exc}.") from exc
     os.close(fd)
@@ -42,6 +42,18 @@ def atomic_path(path: str | os.PathLike, suffix: Optional[str] = None, make_pare
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _create_temp(folder: Path, prefix: str, suffix: str) -> Tuple[int, str]:
+    """Create a new, uniquely named file like ``tempfile.mkstemp``, but with the permissions a
+    normal file gets (0666 minus the umask), not mkstemp's 0600: it becomes the user's output."""
+    for _ in range(100):
+        name = os.path.join(folder, f"{prefix}{secrets.token_hex(6)}{suffix}")
+        try:
+            return os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666), name
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary file name in '{folder}'")
 
 
 def write_text_atomic(path: str | os.PathLike, text: str, make_parents: bool = True) -> Path:

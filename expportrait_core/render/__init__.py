@@ -1,8 +1,10 @@
 """Differentiable normal-map rendering (the ExpPortrait control signal).
 
-nvdiffrast-style split: a raster pass that finds the visible triangle per pixel (pure PyTorch on
-any device, or nvdiffrast on CUDA), then barycentrics, depth and normals recomputed in torch so
-gradients reach vertex positions. Conventions: OpenCV cameras, GL-axes normal maps encoded as
+nvdiffrast-style split: a raster pass that finds the visible triangle per pixel (numba kernels on
+CPU when numba is installed, pure PyTorch on any device, or nvdiffrast on CUDA), then
+barycentrics, depth and normals recomputed from that triangle so gradients reach vertex
+positions. ``EXPP_RENDER_KERNEL=torch`` (or ``RasterConfig(kernel="torch")``) forces the
+pure-PyTorch path. Conventions: OpenCV cameras, GL-axes normal maps encoded as
 ``0.5 * n + 0.5`` (see CONTRIBUTING.md).
 
     cam = Camera.look_at(eye=(0, 0, 0.6), target=(0, 0, 0), fov_y_deg=20, width=512, height=512)

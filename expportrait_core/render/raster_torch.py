@@ -65,11 +65,17 @@ class RasterConfig:
             with the last size. Default (1, 2, 3, 4, 6, 8, 12, 16, 32).
         max_candidates: candidate pixels z-buffered per chunk (memory is about 40 bytes each).
             Default 2**21.
+        kernel: ``"auto"`` (default: the numba kernels of :mod:`.numba_kernels` for CPU
+            float32/float64 tensors when numba is installed, else pure PyTorch; the environment
+            variable ``EXPP_RENDER_KERNEL=torch|numba`` overrides "auto"), ``"numba"`` (error
+            if numba is missing) or ``"torch"``. Both give the same face ids; the numba raster
+            is a span rasterizer (used with ``method="spans"``).
     """
 
     method: str = "spans"
     bucket_sizes: Tuple[int, ...] = (1, 2, 3, 4, 6, 8, 12, 16, 32)
     max_candidates: int = 1 << 21
+    kernel: str = "auto"
 
 
 _DEFAULT = RasterConfig()

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from ..errors import ExpPortraitError
+from ..grad import autograd_enabled
 from ..io.files import Identity
 from .config import TrackConfig
 
@@ -172,6 +173,7 @@ class DetailFitter:
         with torch_threads(self.cfg.detail_threads):
             self._fit_batch(batch, rig, global_orient)
 
+    @autograd_enabled
     def _fit_batch(self, batch, rig, global_orient) -> None:
         from ..render import Camera, render_normals
 

@@ -16,6 +16,7 @@ Core nodes that are not ours (``LoadImage``, ``SaveVideo``...) are given as stan
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Union
@@ -190,8 +191,12 @@ def topological_order(prompt: Mapping[str, Any], nodes: Optional[Iterable[str]] 
 def execute_api_prompt(prompt: Mapping[str, Any], node_classes: Mapping[str, Any],
                        overrides: Optional[Mapping[str, Any]] = None, *,
                        targets: Optional[Iterable[Union[str, int]]] = None,
-                       extra_data: Optional[Mapping[str, Any]] = None) -> ExecutionResult:
+                       extra_data: Optional[Mapping[str, Any]] = None,
+                       inference_mode: bool = True) -> ExecutionResult:
     """Run an API-format prompt ``{node_id: {"class_type", "inputs"}}`` through node classes.
+
+    As in ComfyUI 0.8.0 (``execution.py``), every node runs inside ``torch.inference_mode()``
+    unless ``inference_mode=False``, so a node that needs autograd must switch it back on itself.
 
     ``node_classes``: class_type -> node class (e.g. the pack's ``NODE_CLASS_MAPPINGS``).
     ``overrides``: stand-ins, looked up by node id first, then by class_type; a class or a plain
@@ -199,6 +204,8 @@ def execute_api_prompt(prompt: Mapping[str, Any], node_classes: Mapping[str, Any
     nodes, as ComfyUI does; ``"all"`` runs every node). Raises ExpPortraitError naming the node on a
     missing class, a missing required input, a bad link or a wrong number of returned values.
     """
+    import torch
+
     overrides = dict(overrides or {})
     prompt = {str(k): v for k, v in prompt.items()}
     classes = {nid: _class_for(nid, str(p.get("class_type")), node_classes, overrides)
@@ -249,14 +256,15 @@ def execute_api_prompt(prompt: Mapping[str, Any], node_classes: Mapping[str, Any
         obj = cls()
         fn = getattr(obj, getattr(cls, "FUNCTION", "run"))
         calls: List[Any] = []
-        if getattr(cls, "INPUT_IS_LIST", False):
-            calls.append(_call(fn, data))
-        elif not data:
-            calls.append(_call(fn, {}))
-        else:
-            n = max(len(v) for v in data.values())
-            for i in range(n):
-                calls.append(_call(fn, {k: v[i if i < len(v) else -1] for k, v in data.items()}))
+        with (torch.inference_mode() if inference_mode else contextlib.nullcontext()):  # as ComfyUI does
+            if getattr(cls, "INPUT_IS_LIST", False):
+                calls.append(_call(fn, data))
+            elif not data:
+                calls.append(_call(fn, {}))
+            else:
+                n = max(len(v) for v in data.values())
+                for i in range(n):
+                    calls.append(_call(fn, {k: v[i if i < len(v) else -1] for k, v in data.items()}))
         n_out = len(getattr(cls, "RETURN_TYPES", ()))
         results: List[Sequence[Any]] = []
         uis: List[Dict[str, Any]] = []

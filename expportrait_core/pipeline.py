@@ -13,7 +13,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 
@@ -35,6 +35,9 @@ class AnimateResult:
     fps: float
     seconds: dict = field(default_factory=dict)
     lost_frames: list = field(default_factory=list)
+    identity: Any = None  # the reference's fitted (or loaded) Identity
+    motion: Any = None  # the motion retargeted onto the reference (what the control video shows)
+    driving_landmarks: Optional[np.ndarray] = None  # [T, 68, 2] detected on the driving frames (NaN where lost)
 
 
 def side_by_side(reference: np.ndarray, driving: np.ndarray, control: np.ndarray, height: int = 256) -> np.ndarray:
@@ -155,7 +158,8 @@ def animate(reference: str | Path, driving: str | Path, out: str | Path, *, smpl
               "models/expportrait/generator (see README, 'Generator') to synthesize the portrait video.")
     return AnimateResult(control_video=control_path, preview_video=preview_path, generated_video=generated,
                          num_frames=len(control), fps=info.fps, seconds={k: round(v, 2) for k, v in seconds.items()},
-                         lost_frames=list(motion.lost_frames))
+                         lost_frames=list(motion.lost_frames), identity=identity, motion=retargeted,
+                         driving_landmarks=np.asarray(tracked.detected))
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -69,7 +69,8 @@ class ExpPortraitLoadGenerator:
                 "dtype": (["bf16", "fp16", "fp32", "fp8_e4m3fn", "fp8_e5m2"], {
                     "default": "bf16",
                     "tooltip": "Transformer precision. fp8_* stores weights in 8 bits and computes in bf16 "
-                               "(half the memory of bf16)."}),
+                               "(half the memory of bf16). On a CPU, fp32 computes faster; the VAE always runs "
+                               "in fp32 there."}),
                 "device": (["auto", "cuda", "cpu"], {"default": "auto", "tooltip": "Where to run (auto: CUDA if available)."}),
                 "offload": ([_NONE, "model", "blocks"], {
                     "default": _NONE,

@@ -6,14 +6,19 @@
 
 1. ms per frame of each method at full proxy resolution (the synthetic head, 39k vertices, face
    region 21k) on a synthetic pair, and the one-time costs (deformation-transfer factorization,
-   expression projector, learned per-identity vertex state).
+   expression projectors, learned per-identity vertex state).
 2. Held-out vertex error on synthetic identity pairs with known ground truth (same expression
    coefficients, identity-dependent detail) for parameter copy (no offsets / + the driver's
-   offsets), deformation transfer (detail / full scope) and the learned module.
+   offsets), deformation transfer (full scope = default, detail scope, classic Sumner & Popović
+   ablation) and the learned module; plus the exactness checks of the default: self-transfer
+   (driver = reference) and a neutral driving frame → the reference's neutral mesh (max vertex
+   error, mm).
 3. ``--real``: the real driving clip tracked (fast path), the real reference portrait fitted,
    the motion transferred onto it by deformation transfer (and learned when a model is given),
    a normal-map video written; checks that the reference's static offsets are untouched and that
-   the transferred mouth opens when the driver's does (Pearson r of the lip gaps).
+   the transferred mouth opens when the driver's does (Pearson r of the lip gaps). The track has
+   no dynamic offsets, so the real identity pair is also scored with synthetic ground-truth detail
+   (:func:`real_pair_with_synthetic_detail`).
 """
 from __future__ import annotations
 
@@ -33,7 +38,7 @@ def timing(proxy, model, frames: int) -> dict:
     import torch
 
     from expportrait_core.transfer import SyntheticDetail, TransferConfig, clear_caches, random_identity, synthetic_motion
-    from expportrait_core.transfer.core import expression_projector, transfer_motion
+    from expportrait_core.transfer.core import _DT_CACHE, expression_projector, transfer_motion
 
     det = SyntheticDetail(proxy)
     a, b = random_identity(proxy, 501), random_identity(proxy, 502)
@@ -41,9 +46,12 @@ def timing(proxy, model, frames: int) -> dict:
     out = {}
     t = time.perf_counter()
     expression_projector(proxy)
+    expression_projector(proxy, "face")
     out["projector_setup_s"] = time.perf_counter() - t
-    methods = {"copy": {"method": "copy"}, "deformation (detail)": {"method": "deformation"},
-               "deformation (full)": {"method": "deformation", "config": TransferConfig(scope="full")}}
+    methods = {"copy": {"method": "copy"},
+               "deformation (full, default)": {"method": "deformation"},
+               "deformation (detail)": {"method": "deformation", "config": TransferConfig(scope="detail")},
+               "deformation (classic)": {"method": "deformation", "config": TransferConfig(scope="classic")}}
     if model is not None:
         methods["learned"] = {"method": "learned", "model": model}
     for label, kw in methods.items():
@@ -55,8 +63,6 @@ def timing(proxy, model, frames: int) -> dict:
         transfer_motion(proxy, b, motion, **kw)  # second call: factorization reused
         again = time.perf_counter() - t
         out[label] = {"first_call_ms_per_frame": 1e3 * first / frames, "ms_per_frame": 1e3 * again / frames}
-    from expportrait_core.transfer.core import _DT_CACHE
-
     clear_caches()
     transfer_motion(proxy, b, motion, method="deformation")
     dt = next(iter(_DT_CACHE.values()))
@@ -71,6 +77,48 @@ def timing(proxy, model, frames: int) -> dict:
     return out
 
 
+def exactness(proxy, frames: int = 8) -> dict:
+    """Max vertex error (mm) of the default deformation transfer: self-transfer of a synthetic
+    motion with detail (posed meshes), and a neutral driving frame (ψ = 0, jaw 0, no offsets;
+    without calibration, and a calibration frame) against the reference's neutral mesh."""
+    import torch
+
+    from expportrait_core.io.files import Motion
+    from expportrait_core.transfer import SyntheticDetail, random_identity, synthetic_motion, transfer_motion
+
+    det = SyntheticDetail(proxy)
+    a, b = random_identity(proxy, 601), random_identity(proxy, 602)
+    motion = synthetic_motion(proxy, a, frames, 78, detail=det)
+
+    def verts(m, ident, idx=None):
+        p = m.params if idx is None else m.params.index(idx)
+        dense = m.dense_dynamic_offsets(proxy.num_vertices, None if idx is None else [idx])
+        with torch.no_grad():
+            return proxy(p, ident.static_offsets, dense).vertices
+
+    out = transfer_motion(proxy, a, motion, method="deformation", pose_mode="absolute", neutral_frame=None)
+    res = {"self_transfer_max_mm": float((verts(out, a) - verts(motion, a)).norm(dim=-1).max()) * 1e3,
+           "self_transfer_max_coeff_diff": float((out.params.expression - motion.params.expression).abs().max())}
+    k = frames // 2
+    drv = motion.params.detach()
+    drv.expression[k] = 0
+    drv.jaw_pose[k] = 0
+    offs = motion.dynamic_offsets.clone()
+    offs[k] = 0
+    neutral_k = Motion(params=drv, camera=motion.camera, fps=motion.fps, model=motion.model, image_size=motion.image_size,
+                       dynamic_offsets=offs, dynamic_offsets_index=motion.dynamic_offsets_index, identity=a)
+    with torch.no_grad():
+        ref = proxy.neutral(b.betas, b.static_offsets)[0]
+    zero = {f: torch.zeros(1, 3) for f in ("global_orient", "neck_pose", "head_pose", "leye_pose", "reye_pose", "transl")}
+    for label, mot, nf in (("neutral_frame_max_mm", neutral_k, None), ("calibration_frame_max_mm", motion, k)):
+        o = transfer_motion(proxy, b, mot, method="deformation", neutral_frame=nf)
+        p = o.params.index(k).replace(**zero)
+        with torch.no_grad():
+            v = proxy(p, b.static_offsets, o.dense_dynamic_offsets(proxy.num_vertices, [k])).vertices[0]
+        res[label] = float((v - ref).norm(dim=-1).max()) * 1e3
+    return res
+
+
 def evaluation(proxy, model, pairs: int, frames: int) -> dict:
     from expportrait_core.transfer import TransferConfig
     from expportrait_core.transfer.evaluate import evaluate_methods, format_table, make_pairs
@@ -79,8 +127,9 @@ def evaluation(proxy, model, pairs: int, frames: int) -> dict:
     methods = {
         "parameter copy (no offsets)": {"method": "copy"},
         "parameter copy + driver offsets": {"method": "copy", "config": TransferConfig(copy_dynamic_offsets=True)},
-        "deformation transfer (detail, default)": {"method": "deformation"},
-        "deformation transfer (full)": {"method": "deformation", "config": TransferConfig(scope="full")},
+        "deformation transfer (full, default)": {"method": "deformation"},
+        "deformation transfer (detail)": {"method": "deformation", "config": TransferConfig(scope="detail")},
+        "deformation transfer (classic, ablation)": {"method": "deformation", "config": TransferConfig(scope="classic")},
     }
     if model is not None:
         methods["learned"] = {"method": "learned", "model": model}
@@ -144,7 +193,40 @@ def real(proxy, model, out_dir: Path) -> dict:
                      "mouth_gap_pearson_r": pearson(gap, drv_gap),
                      "driver_gap_mm_range": [float(drv_gap.min() * 1e3), float(drv_gap.max() * 1e3)],
                      "transferred_gap_mm_range": [float(gap.min() * 1e3), float(gap.max() * 1e3)]}
+    res["synthetic_detail_on_real_pair"] = real_pair_with_synthetic_detail(proxy, track.motion, ref)
     return res
+
+
+def real_pair_with_synthetic_detail(proxy, motion, ref) -> dict:
+    """The fast-path track has no dynamic offsets, so the default transfer there is the driver's
+    coefficients exactly. To exercise deformation transfer between the two *real* identities
+    (tracked driver, fitted reference), give both the synthetic identity-dependent detail for the
+    tracked coefficients and jaw (driver: as input; reference: as ground truth) and score the
+    methods (absolute pose, no calibration; vertex error in mm)."""
+    import dataclasses
+
+    import torch
+
+    from expportrait_core.transfer import SyntheticDetail, TransferConfig, transfer_motion
+    from expportrait_core.transfer.evaluate import vertex_errors
+
+    det = SyntheticDetail(proxy)
+    drv = motion.identity
+    p = motion.params
+    with torch.no_grad():
+        d_drv = det.offsets(proxy.neutral(drv.betas, drv.static_offsets)[0], p.expression, p.jaw_pose).float()
+        d_ref = det.offsets(proxy.neutral(ref.betas, ref.static_offsets)[0], p.expression, p.jaw_pose).float()
+    driving = dataclasses.replace(motion, dynamic_offsets=d_drv, dynamic_offsets_index=det.ids.cpu())
+    truth = dataclasses.replace(motion, dynamic_offsets=d_ref, dynamic_offsets_index=det.ids.cpu(), identity=ref)
+    out = {}
+    for label, kw in {"parameter copy": {"method": "copy"},
+                      "parameter copy + driver offsets": {"method": "copy", "config": TransferConfig(copy_dynamic_offsets=True)},
+                      "deformation transfer (full, default)": {"method": "deformation"}}.items():
+        t = time.perf_counter()
+        res = transfer_motion(proxy, ref, driving, pose_mode="absolute", neutral_frame=None, **kw)
+        secs = time.perf_counter() - t
+        out[label] = {**vertex_errors(proxy, res, truth, ref), "transfer_s": secs}
+    return out
 
 
 def main() -> None:
@@ -194,6 +276,8 @@ def main() -> None:
         report["timing"] = timing(proxy, model, args.frames)
         print(json.dumps(report["timing"], indent=1))
     if not args.skip_eval:
+        report["exactness"] = exactness(proxy)
+        print(json.dumps(report["exactness"], indent=1))
         report["evaluation"] = evaluation(proxy, model, args.pairs, args.pair_frames)
     if args.real:
         report["real"] = real(proxy, model, out_dir)

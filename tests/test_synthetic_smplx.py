@@ -351,6 +351,15 @@ def test_same_seed_same_arrays_and_cache_regeneration(tmp_path, arrays, capsys):
     mtime = path.stat().st_mtime_ns
     assert syn.ensure_synthetic_smplx(tmp_path, seed=0) == path and path.stat().st_mtime_ns == mtime  # cached
     assert [p.name for p in tmp_path.iterdir()] == [syn.SYNTHETIC_FILENAME]  # no temp files left
+    # same version and seed, but made by other generator code (a stale cache): regenerated too
+    with np.load(path, allow_pickle=False) as d:
+        fake = {k: d[k] for k in d.files if k not in ("joint2num", "part2num")}  # skip the pickled name tables
+    fake["expportrait_source"] = np.array(syn._source_fingerprint() ^ 1, dtype=np.int64)
+    fake["v_template"] = fake["v_template"] + 0.01
+    np.savez(path, **fake)
+    syn.ensure_synthetic_smplx(tmp_path, seed=0)
+    with np.load(path, allow_pickle=False) as d:
+        assert np.array_equal(d["v_template"], arrays["v_template"])
 
 
 def test_write_is_atomic(tmp_path, monkeypatch):

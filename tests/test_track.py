@@ -10,7 +10,7 @@ from expportrait_core.track.synthetic import head_rotation, make_synthetic_seque
 
 CLIP = "driving_expressions_480.mp4"
 
-# Tolerances of the synthetic acceptance test (reported in docs/track.md).
+# Tolerances of the synthetic acceptance test (reported in the README, section "Tracking a driving video").
 ROT_MEAN_DEG = 2.0
 JAW_MEAN_DEG = 1.5
 EXPR_MAE = 0.25  # named expression coefficients driven with amplitudes 1.0–1.5

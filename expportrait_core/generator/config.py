@@ -1,6 +1,6 @@
 """Configuration of the DiT generator: layouts, sub-model configs and a tiny test config.
 
-Three layouts share one sampler (tensor layouts are documented in ``docs/generator.md``):
+Three layouts share one sampler (tensor layouts are documented in the README, section "Generator"):
 
 * ``"expportrait"`` — the paper's generator (§5 of PAPER-NOTES): a Wan 2.1 image-to-video
   transformer (noisy latents ‖ 4-channel first-frame mask ‖ reference-image latent = ``2·z + 4``

@@ -154,7 +154,7 @@ class TripletDataset:
         if not self.clips:
             raise ExpPortraitError(
                 f"no usable clips in '{root}': each clip folder needs video(.mp4|/) and normals(.mp4|/) with at "
-                f"least {num_frames} frames (see docs/generator.md)"
+                f"least {num_frames} frames (see the README, section 'Generator' → 'Training')"
             )
 
     def __len__(self) -> int:

@@ -1,6 +1,6 @@
 """Loading and saving generators.
 
-Accepted sources (details and folder names in ``docs/generator.md``):
+Accepted sources (details and folder names in the README, section "Generator"):
 
 * an **ExpPortrait bundle** — one ``.safetensors`` whose metadata has ``format =
   expportrait-generator`` and the JSON config; it holds some of ``transformer.*`` (diffusers

@@ -295,7 +295,7 @@ def add_cli(subparsers: Any) -> None:
     """Add the ``train-generator`` sub-command."""
     p = subparsers.add_parser("train-generator", help="train the ExpPortrait DiT generator (encoders + LoRA/full)",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", required=True, help="dataset folder (one sub-folder per clip; see docs/generator.md)")
+    p.add_argument("--data", required=True, help="dataset folder (one sub-folder per clip; see the README, 'Generator' → 'Training')")
     p.add_argument("--output", required=True, help="output folder (checkpoints/, train_log.jsonl, expportrait_generator.safetensors)")
     src = p.add_argument_group("model")
     src.add_argument("--init", help="start from an ExpPortrait bundle or diffusers folder")

@@ -1483,8 +1483,18 @@ def build_synthetic_smplx(seed: int = 0) -> Dict[str, np.ndarray]:
         "part2num": np.array(dict(_PART2NUM), dtype=object),
         "expportrait_synthetic": np.array(SYNTHETIC_VERSION, dtype=np.int64),
         "expportrait_seed": np.array(seed, dtype=np.int64),
+        "expportrait_source": np.array(_source_fingerprint(), dtype=np.int64),
     }
     return out
+
+
+def _source_fingerprint() -> int:
+    """63-bit hash of this module's source: a cached model made by other code is regenerated, even
+    when someone changed the geometry and forgot to bump SYNTHETIC_VERSION."""
+    import hashlib
+
+    digest = hashlib.sha256(Path(__file__).read_bytes()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
 
 
 def _write_npz(fh, arrays: Dict[str, np.ndarray]) -> None:
@@ -1517,6 +1527,8 @@ def _cached_ok(path: Path, seed: int) -> bool:
         with np.load(path, allow_pickle=False) as data:
             return (int(data["expportrait_synthetic"]) == SYNTHETIC_VERSION
                     and int(data["expportrait_seed"]) == int(seed)
+                    and "expportrait_source" in data.files
+                    and int(data["expportrait_source"]) == _source_fingerprint()
                     and data["v_template"].shape == (NUM_VERTICES, 3))
     except Exception:  # missing, truncated or foreign file: regenerate
         return False

@@ -5,19 +5,32 @@ Methods (``method=``):
   they are, no dynamic offsets (the paper's "SMPL-X baseline"); with
   ``TransferConfig.copy_dynamic_offsets`` the driver's offsets are copied vertex for vertex too
   (the paper's "direct offset transfer" ablation).
-- ``deformation`` — training-free default. The driver's expression-induced deformation of its
-  canonical (pre-skinning) mesh, relative to its neutral mesh, is moved onto the reference's
-  neutral personalized mesh by deformation transfer (:mod:`.deformation`: per-triangle
-  deformation gradients, rotated into the reference's triangle orientation, solved in least
-  squares with one sparse factorization per identity pair reused for every frame), and
-  expressed as reference expression coefficients plus reference dynamic offsets on the face
-  region. Scope (``TransferConfig.scope``): ``"detail"`` (default) transfers the driver's dynamic
-  offsets and keeps its coefficients — SMPL-X's expression blend shapes are already shared by
-  every identity, and on synthetic pairs with known truth transferring them as well adds error
-  (see ``docs/transfer.md``); ``"full"`` transfers blend shapes + offsets together, re-fits the
-  coefficients by least squares over the bust (pulled towards the driver's) and keeps the rest
-  as offsets. Joint rotations (jaw, eyes, head) are never deformation-transferred: they move
-  through SMPL-X's skinning, which already adapts them to the reference's joints.
+- ``deformation`` — training-free default (scope ``"full"``, :class:`TransferConfig`). The
+  driver's expression-induced deformation — its canonical (pre-skinning) expressive mesh
+  (expression blend shapes + dynamic offsets) against its neutral (or calibration-frame) mesh;
+  jaw, eyes and head are joint rotations and act through skinning — is moved onto the
+  reference's neutral personalized mesh by deformation transfer (:mod:`.deformation`), with
+  each triangle's deformation gradient factored as ``Q = Q_detail · Q_param``:
+  ``Q_param``, the blend shapes' part, is taken from the reference's own model at the same
+  coefficients (SMPL-X's blend shapes are the same displacement on every identity, and its jaw
+  joint is the reference's own), and ``Q_detail``, the gradient of the driver's dynamic offsets
+  on its expressive parametric mesh, is rotated into the reference's triangle orientation and
+  applied to the reference's expressive parametric mesh; the reference's vertices are solved in
+  least squares together with a positional term (the driver's offsets pushed forward through
+  the neutral → neutral deformation gradients), one sparse factorization per identity pair
+  reused for every frame. The result ``X`` is then expressed as reference coefficients plus
+  reference dynamic offsets: ``ψ_r = ψ_c + Π(D − d)`` (``D = X −`` the reference's parametric
+  mesh, ``d`` the driver's calibrated offsets, ``Π`` the face-weighted least-squares projection
+  onto the expression basis with a ridge), offsets ``= D − B(E Π(D − d))`` on the face region —
+  so the reconstructed mesh equals ``X`` there up to the mask and length cap; self-transfer
+  returns the input coefficients and offsets, and a frame without detail gets the driver's
+  (calibrated) coefficients and no offsets, exactly (a motion without dynamic offsets skips the
+  solve). Scope ``"detail"``: the driver's coefficients, offsets transferred on the neutral
+  meshes (no fit). Scope ``"classic"`` (ablation): Sumner & Popović's transfer of the whole
+  deformation including the blend shapes, coefficients re-fitted — the former "full" scope, 2–5×
+  worse than parameter copy on the synthetic truth, because the blend shapes' gradients measured
+  on the driver's triangles and re-applied to the reference's do not integrate back to the same
+  displacement (error ≈ 40–60 % of it, up to ~1 cm at the eyelids), and no re-fit removes that.
 - ``learned`` — the paper's module (:mod:`.learned`): coefficients and jaw as in ``copy``; the
   reference's dynamic offsets predicted by G from its own neutral mesh and the driving code.
 - ``auto`` — ``learned`` when a model is given, else ``deformation``.
@@ -36,7 +49,7 @@ import logging
 import time
 import weakref
 from collections import OrderedDict
-from dataclasses import astuple, dataclass, field
+from dataclasses import astuple, dataclass, field, replace
 from typing import Dict, Optional
 
 import numpy as np
@@ -52,6 +65,7 @@ from .pose import POSE_MODES, resolve_strengths, transfer_pose
 log = logging.getLogger(__name__)
 
 METHODS = ("auto", "learned", "deformation", "copy")
+SCOPES = ("full", "detail", "classic")
 # Node-facing labels → method names.
 METHOD_LABELS = {"auto": "auto", "learned": "learned", "deformation transfer": "deformation", "parameter copy": "copy"}
 
@@ -60,14 +74,20 @@ METHOD_LABELS = {"auto": "auto", "learned": "learned", "deformation transfer": "
 class TransferConfig:
     """Options of :func:`transfer_motion` beyond its keyword arguments.
 
-    deformation: solver options (anchor weights, frames per solve).
-    scope: ``"detail"`` (default) keeps the driver's (calibrated) coefficients — SMPL-X's expression
-    space is shared by all identities — and deformation-transfers the dynamic offsets; ``"full"``
-    transfers the whole expressive deformation (blend shapes + offsets) and re-fits coefficients.
-    keep_residual: (scope full) the part of the transferred expression deformation that the
-    reference's coefficients cannot express is kept as dynamic offsets (face region) — True.
-    expression_prior: ridge weight pulling the fitted coefficients towards the driver's, relative
-    to the mean diagonal of the normal equations (1e-2).
+    deformation: solver options (positional weight, margin, frames per solve).
+    scope: ``"full"`` (default) transfers the driver's whole expression-induced deformation and
+    expresses it as the reference's coefficients + offsets; ``"detail"`` keeps the driver's
+    (calibrated) coefficients and transfers only its dynamic offsets (on the neutral meshes; a
+    little cheaper); ``"classic"`` is Sumner & Popović's transfer of the whole deformation
+    including the blend shapes, with a coefficient re-fit — an ablation, several times worse than
+    parameter copy on the synthetic ground truth (see the module docstring).
+    keep_residual: the part of the transferred deformation that the reference's coefficients do
+    not express is kept as dynamic offsets (face region) — True; False drops it.
+    expression_prior: ridge weight of the coefficient fit (pulling towards the driver's
+    coefficients), relative to the mean diagonal of the normal equations (1e-2).
+    fit_region: vertices the coefficient fit weighs — ``"face"`` (the face mask, where the
+    residual can be kept as offsets; default) or ``"bust"`` (all vertices).
+    classic_anchor: anchor weight of the ``classic`` scope (Sumner's weak anchoring, 1e-5).
     copy_dynamic_offsets: ``copy`` also copies the driver's dynamic offsets vertex for vertex (the
     paper's "direct offset transfer"); False (default) = plain parameter copy.
     min_face_weight / max_offset: dynamic offsets are stored divided by the face mask (the proxy
@@ -76,9 +96,11 @@ class TransferConfig:
     chunk: frames per batch (memory bound)."""
 
     deformation: DeformationTransferConfig = field(default_factory=DeformationTransferConfig)
-    scope: str = "detail"
+    scope: str = "full"
     keep_residual: bool = True
     expression_prior: float = 1e-2
+    fit_region: str = "face"
+    classic_anchor: float = 1e-5
     copy_dynamic_offsets: bool = False
     min_face_weight: float = 1e-3
     max_offset: float = 0.03
@@ -89,11 +111,12 @@ class TransferConfig:
 class ExpressionProjector:
     """Least-squares expression coefficients of a canonical displacement field on the proxy.
 
-    ψ = argmin ‖B(E ψ) − r‖² + μ ‖ψ − ψ_prior‖² over all upsampled vertices. The normal matrix
-    is assembled once per proxy through the sparse upsampling operator (never the dense
-    [N_s·3, E] basis)."""
+    ψ = argmin Σ_v w_v ‖B(E ψ)_v − r_v‖² + μ ‖ψ − ψ_prior‖² over the upsampled vertices, with
+    per-vertex weights ``w`` (None = 1 everywhere, the bust). The normal matrix is assembled once
+    per proxy and weighting through the sparse upsampling operator (never the dense [N_s·3, E]
+    basis)."""
 
-    def __init__(self, proxy) -> None:
+    def __init__(self, proxy, weights: Optional[torch.Tensor] = None) -> None:
         import scipy.sparse as sp
 
         idx = proxy.up_idx.cpu().numpy()
@@ -101,15 +124,19 @@ class ExpressionProjector:
         N, V = idx.shape[0], proxy.v_template.shape[0]
         self.B = sp.csr_matrix((w.ravel(), (np.repeat(np.arange(N), 3), idx.ravel())), shape=(N, V))
         self.Bt = self.B.T.tocsr()
+        self.weights = None if weights is None else weights.detach().double().cpu().numpy().reshape(-1)
+        self.BtW = self.Bt if self.weights is None else (self.Bt @ sp.diags(self.weights)).tocsr()
         self.E = proxy.exprdirs.cpu().numpy().astype(np.float64)  # [V, 3, E]
         ne = self.E.shape[-1]
-        M = (self.Bt @ self.B).tocsr()
+        self._E2 = np.ascontiguousarray(self.E.reshape(-1, ne))  # [V·3, E] (BLAS products)
+        M = (self.BtW @ self.B).tocsr()
         G = np.zeros((ne, ne))
         for c in range(3):
             Ec = self.E[:, c, :]
             G += Ec.T @ (M @ Ec)
         self.G = G
         self.num_expression = ne
+        self._factors: dict = {}
 
     def fit(self, disp: np.ndarray, prior: np.ndarray, prior_weight: float) -> np.ndarray:
         """disp: [T, N_s, 3] canonical displacement; prior: [T, E] → ψ [T, E]."""
@@ -117,17 +144,21 @@ class ExpressionProjector:
         if self.num_expression == 0:
             return np.zeros((T, 0))
         r = np.ascontiguousarray(disp.transpose(1, 2, 0)).reshape(N, 3 * T)
-        Btr = (self.Bt @ r).reshape(-1, 3, T)  # [V, 3, T]
-        rhs = np.einsum("vce,vct->te", self.E, Btr)
+        Btr = (self.BtW @ r).reshape(-1, T)  # [V·3, T]
+        rhs = self._E2.T @ Btr  # [E, T]
         mu = prior_weight * np.trace(self.G) / self.num_expression
-        A = self.G + mu * np.eye(self.num_expression)
-        return np.linalg.solve(A, (rhs + mu * prior).T).T
+        if mu not in self._factors:  # Cholesky of G + μI, once per prior weight
+            from scipy.linalg import cho_factor
+
+            self._factors[mu] = cho_factor(self.G + mu * np.eye(self.num_expression))
+        from scipy.linalg import cho_solve
+
+        return cho_solve(self._factors[mu], rhs + mu * prior.T).T
 
     def displacement(self, psi: np.ndarray) -> np.ndarray:
         """B(E ψ): [T, N_s, 3] for ψ [T, E]."""
-        base = np.einsum("vce,te->tvc", self.E, psi)  # [T, V, 3]
-        T, V = base.shape[:2]
-        flat = np.ascontiguousarray(base.transpose(1, 2, 0)).reshape(V, 3 * T)
+        T = psi.shape[0]
+        flat = (self._E2 @ psi.T).reshape(-1, 3 * T)  # [V, 3·T]
         return (self.B @ flat).reshape(-1, 3, T).transpose(2, 0, 1)
 
 
@@ -136,11 +167,15 @@ _DT_CACHE: "OrderedDict[tuple, DeformationTransfer]" = OrderedDict()
 _DT_CACHE_SIZE = 2
 
 
-def expression_projector(proxy) -> ExpressionProjector:
-    """The (cached) :class:`ExpressionProjector` of a proxy."""
-    if proxy not in _PROJECTORS:
-        _PROJECTORS[proxy] = ExpressionProjector(proxy)
-    return _PROJECTORS[proxy]
+def expression_projector(proxy, region: str = "bust") -> ExpressionProjector:
+    """The (cached) :class:`ExpressionProjector` of a proxy: ``region`` "bust" (all vertices,
+    weight 1) or "face" (weighted by the face mask)."""
+    per = _PROJECTORS.setdefault(proxy, {})
+    if region not in per:
+        if region not in ("bust", "face"):
+            raise ValueError(f"region must be 'bust' or 'face', got '{region}'")
+        per[region] = ExpressionProjector(proxy, None if region == "bust" else proxy.face_weight)
+    return per[region]
 
 
 def _digest(a: np.ndarray) -> str:
@@ -260,8 +295,10 @@ def transfer_motion(
         raise ExpPortraitError("method 'learned' needs a transfer model: load one with 'ExpPortrait Load Transfer Model' "
                                "(train it with: python -m expportrait_core train-transfer), or choose 'auto' / "
                                "'deformation transfer'.")
-    if cfg.scope not in ("full", "detail"):
-        raise ExpPortraitError(f"TransferConfig.scope must be 'full' or 'detail', got '{cfg.scope}'.")
+    if cfg.scope not in SCOPES:
+        raise ExpPortraitError(f"TransferConfig.scope must be one of {SCOPES}, got '{cfg.scope}'.")
+    if cfg.fit_region not in ("face", "bust"):
+        raise ExpPortraitError(f"TransferConfig.fit_region must be 'face' or 'bust', got '{cfg.fit_region}'.")
     s = resolve_strengths(strengths)
     t_start = time.perf_counter()
     dev = proxy.device
@@ -302,8 +339,9 @@ def transfer_motion(
         if not torch.equal(pred_ids.cpu(), ids):
             raise ExpPortraitError("The transfer model predicted offsets on another vertex set than the proxy's face region.")
         offsets = pred.double() * s["expression"]
-    elif cfg.scope == "detail" and (d_c is None or not bool(d_c.abs().max() > 0)):
-        # nothing to deform: the driver has no dynamic detail (e.g. a fast-path track)
+    elif cfg.scope != "classic" and (d_c is None or not bool(d_c.abs().max() > 0)):
+        # nothing to deform: the driver has no dynamic detail (e.g. a fast-path track), so the
+        # transfer is exactly the driver's coefficients (see _deformation_method)
         psi_r = psi_c * s["expression"]
         report(progress, T, T)
     else:
@@ -359,7 +397,11 @@ def _deformation_method(proxy, motion, tgt_neutral, psi, psi_c, psi_n, d, d_c, d
         if d_n is not None:
             src[ids_np] += m_np[:, None] * d_n[0].numpy()
     T0 = tgt_neutral.double().cpu().numpy()
-    dt = deformation_transfer_for(proxy, src, T0, cfg.deformation)
+    dcfg = cfg.deformation
+    if cfg.scope == "classic":
+        dcfg = replace(dcfg, anchor_face=cfg.classic_anchor)
+    dt = deformation_transfer_for(proxy, src, T0, dcfg)
+    fitter = expression_projector(proxy, cfg.fit_region)
     psi_r = np.zeros((T, E))
     out = np.zeros((T, len(ids_np), 3))
     chunk = max(1, int(cfg.chunk))
@@ -371,18 +413,34 @@ def _deformation_method(proxy, motion, tgt_neutral, psi, psi_c, psi_n, d, d_c, d
         if d_c is not None:
             dyn[:, ids_np] = m_np[None, :, None] * d_c[sl].numpy()
         if cfg.scope == "full":
+            # the driver's deformation = parametric part (same ψ: the reference's own blend-shape
+            # response, B(E ψ) for both) ∘ detail, whose gradients are measured on the driver's
+            # expressive mesh and applied to the reference's
+            P = proj.displacement(pc)
+            D = dt.transfer_detail(dyn, src[None] + P, T0[None] + P)
+            # express the result as coefficients + offsets: the least-squares coefficients of the
+            # reference's transferred deformation minus the driver's own of its deformation
+            # (ψ_c + Π(D) − ψ_c − Π(d), Π linear) are added to the driver's coefficients — what
+            # the identity change moved into the expression basis goes to ψ, the rest stays as
+            # offsets (self-transfer keeps ψ and the offsets; a neutral frame gets ψ = 0)
+            delta = fitter.fit(D - dyn, np.zeros_like(pc), cfg.expression_prior)
+            psi_r[sl] = pc + delta
+            if not cfg.keep_residual:
+                D = np.zeros_like(D)
+            else:
+                D = D - proj.displacement(delta)
+        elif cfg.scope == "detail":
+            D = dt.transfer_detail(dyn)
+            psi_r[sl] = pc
+        else:  # classic: Sumner & Popović on the whole deformation, then a coefficient re-fit
             S_p = src[None] + proj.displacement(pc)
             X = dt.transfer(np.concatenate([S_p, S_p + dyn], 0))
             R_p, R_dyn = X[:c] - T0[None], X[c:] - X[:c]
-            fit = proj.fit(R_p, pc, cfg.expression_prior)
+            fit = fitter.fit(R_p, pc, cfg.expression_prior)
             D = R_dyn
             if cfg.keep_residual:
                 D = D + (R_p - proj.displacement(fit))
             psi_r[sl] = fit
-        else:  # detail: the driver's coefficients, only the dynamic part transferred
-            X = dt.transfer(src[None] + dyn)
-            D = X - T0[None]
-            psi_r[sl] = pc
         out[sl] = D[:, ids_np]
         report(progress, sl.stop, T)
     offsets = _divide_mask(torch.from_numpy(out) * strength, m, cfg)

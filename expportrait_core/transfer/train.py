@@ -37,10 +37,22 @@ from typing import List, Optional
 import torch
 
 from ..errors import ExpPortraitError
+from ..grad import autograd_enabled
 from ..io.atomic import atomic_path
 from ..progress import ProgressFn, report
-from .geometry import expression_displacement, face_region_ids, fit_betas, fit_expression_dims, region_faces
-from .learned import TransferModel, TransferModelConfig, VertexFeatures, model_from_tensors
+from .geometry import (
+    expression_displacement,
+    face_region_ids,
+    fit_betas,
+    fit_expression_dims,
+    region_faces,
+)
+from .learned import (
+    TransferModel,
+    TransferModelConfig,
+    VertexFeatures,
+    model_from_tensors,
+)
 from .synthetic import SyntheticDetail, random_identity, sample_expressions
 
 log = logging.getLogger(__name__)
@@ -258,6 +270,7 @@ class TransferTrainer:
         return cfg.lr_final + 0.5 * (cfg.lr - cfg.lr_final) * (1 + math.cos(math.pi * t))
 
     # -- loop -----------------------------------------------------------------------------------
+    @autograd_enabled
     def train(self, steps: Optional[int] = None, *, checkpoint_path: Optional[Path] = None,
               progress: Optional[ProgressFn] = None, time_limit: Optional[float] = None) -> List[list]:
         """Run until ``steps`` (default config.steps) total steps, checkpointing every

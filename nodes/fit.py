@@ -30,7 +30,8 @@ class ExpPortraitFitIdentity:
                                   "tooltip": "Vertical field of view of the photo in degrees (14 = portrait lens, ~50 = phone selfie)."}),
                 "fit_static_offsets": ("BOOLEAN", {"default": True,
                                                    "tooltip": "Fit the dense static offsets (hair, shoulders, face details beyond "
-                                                              "SMPL-X's shape space). Needs a normal map, depth map or mask."}),
+                                                              "SMPL-X's shape space): against the normal/depth/mask maps when given, "
+                                                              "otherwise a smooth deformation fitted to the landmarks."}),
                 "seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1,
                                  "tooltip": "Seed for the optimizer's random choices (results are deterministic per seed)."}),
             },

@@ -3,6 +3,21 @@
 The synthetic head is rendered with known betas, expression, jaw, head pose, camera and a known
 smooth static-offset field (Gaussian bumps on the cheeks, forehead and hair); its exact landmark
 projections plus 1 px noise and its normal/depth/mask renders are the fit's inputs.
+
+Acceptance metrics (issue #4), as measured here:
+
+* vertex error: mean distance of the head-region vertices (below), each mesh in its own camera's
+  frame, after the one unobservable degree of freedom (the scene scaled about the camera centre)
+  is removed; relative to the true head width (x extent of the head region). Target < 1%.
+* landmarks: mean distance of the fitted landmark projections to the exact (noise-free) ones; ≤ 1 px.
+* static-offset cosine: fitted Δ_g vs the true field on the *head region* = the upsampled vertices
+  skinned more than 50% to the head, jaw and eye joints (:func:`_head_region`) that belong to a
+  triangle visible in the ground-truth render (elsewhere only the regularizers decide). Both
+  fields are compared as 3-D vectors in canonical (rest-pose, pre-skinning) space: the cosine of
+  the two concatenated [M·3] vectors, nothing centred, projected or rescaled. Target > 0.8.
+* real photo: mean distance over all 68 dlib landmarks of the fitted landmarks (the fitted mesh's
+  landmark embedding, projected) to the detections, relative to the inter-ocular distance (eye
+  centres); target < 3%.
 """
 import math
 
@@ -52,8 +67,8 @@ def _bump_field(proxy, betas) -> torch.Tensor:
 def _at_mean_size(proxy, b: torch.Tensor) -> torch.Tensor:
     """The smallest change of the shape coefficients ``b: [10]`` (along the gradient of the head's
     RMS radius) that gives a head of the mean size. One image at a known focal length cannot tell
-    a 5% larger head from a 5% nearer one: the fit takes the prior's mean size, and this
-    acceptance is about shape, not that unobservable scale."""
+    a 5% larger head from a 5% nearer one: the fit's size comes from the shape prior, and this
+    acceptance is about shape, not that unobservable scale (removed by :func:`_camera_space_error`)."""
     head = _head_region(proxy)
 
     def radius(x: torch.Tensor) -> torch.Tensor:
@@ -147,7 +162,13 @@ def fits(proxy, synthetic_case):
     return lmk_only, dense, steps
 
 
-@pytest.mark.xfail(reason="issue #4 open: static-offset cosine measured 0.78-0.84 across runs (target > 0.8); not yet reliable", strict=False)
+def _offset_cosine(result, case) -> float:
+    """The acceptance cosine (module docstring): visible head region, canonical 3-D offsets."""
+    h = case["head"] & case["visible"]
+    a, b = result.identity.static_offsets[h].reshape(-1), case["static"][h].reshape(-1)
+    return float(torch.dot(a, b) / (a.norm() * b.norm()))
+
+
 def test_synthetic_fit_recovers_geometry(proxy, synthetic_case, fits):
     lmk_only, dense, steps = fits
     c = synthetic_case
@@ -165,15 +186,37 @@ def test_synthetic_fit_recovers_geometry(proxy, synthetic_case, fits):
     assert lm_err <= 1.0
     # static offsets correlate with the ground-truth field on the head region seen by the camera
     # (elsewhere only the regularizers decide)
-    h = c["head"] & c["visible"]
-    a, b = dense.identity.static_offsets[h].reshape(-1), c["static"][h].reshape(-1)
-    cos = float(torch.dot(a, b) / (a.norm() * b.norm()))
+    cos = _offset_cosine(dense, c)
     print(f"static-offset cosine on the head region {cos:.3f}")
     assert cos > 0.8
     # progress reached the end, monotonically
     assert steps and steps[-1][0] == steps[-1][1] and all(x[0] <= y[0] for x, y in zip(steps, steps[1:]))
     assert dense.preview.shape == (SIZE, SIZE, 3) and dense.preview.dtype == np.uint8
-    assert lmk_only.warnings and float(lmk_only.identity.static_offsets.abs().max()) == 0.0
+    # landmarks only: the static offsets are a smooth landmark-driven deformation (a few mm at most)
+    lo = lmk_only.identity.static_offsets
+    assert any("landmarks only" in w for w in lmk_only.warnings) and "offsets" in lmk_only.stage_seconds
+    assert 0.0 < float(lo.norm(dim=-1).max()) < 0.02
+    assert "offsets" not in dense.stage_seconds  # with dense targets the dense stage fits them
+
+
+def test_fit_is_deterministic(proxy, synthetic_case):
+    """Same inputs and seed → bit-identical results, whatever torch's thread setting was before
+    (the fit runs on one thread and restores the caller's setting)."""
+    c = synthetic_case
+    cfg = FitConfig(num_threads=1, shape_iters=40, dense_iters=12, dense_resolution=96)
+    old = torch.get_num_threads()
+    runs = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            runs.append(fit_identity(proxy, c["image"], landmarks=c["landmarks"], normal_map=c["normal"],
+                                     depth=c["depth"], mask=c["mask"], config=cfg))
+            assert torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(old)
+    a, b = runs
+    assert torch.equal(a.identity.static_offsets, b.identity.static_offsets)
+    assert torch.equal(a.identity.betas, b.identity.betas) and np.array_equal(a.landmarks_2d, b.landmarks_2d)
 
 
 def test_identity_file_roundtrip_and_pose_recovery(proxy, synthetic_case, fits, tmp_path):
@@ -279,29 +322,41 @@ def real_fit(proxy):
     lm = analyzer.detect(crop)[0].landmarks
     iod = float(np.linalg.norm(lm[36:42].mean(0) - lm[42:48].mean(0)))
     err = np.linalg.norm(res.landmarks_2d - lm, axis=-1)
+    groups = ", ".join(f"{k} {100 * err[list(r)].mean() / iod:.2f}%" for k, r in LANDMARK_GROUPS.items())
     print(f"\nreal portrait: landmark error {err.mean():.2f} px = {100 * err.mean() / iod:.2f}% of the inter-ocular distance "
-          f"{iod:.1f} px; inner 51 points {100 * err[17:].mean() / iod:.2f}%")
+          f"{iod:.1f} px; inner 51 points {100 * err[17:].mean() / iod:.2f}%; {groups}; stages {res.stage_seconds}")
     return res, crop, lm, iod, err
 
 
-def test_real_portrait_with_dlib(real_fit):
-    """The fit converges on a real photo, the rendered head covers the detected face and the
-    landmark error is bounded (regression bounds for the synthetic stand-in head; measured about
-    5% of the inter-ocular distance over all 68 points, 3.5% over the 51 inner ones)."""
+LANDMARK_GROUPS = {"jaw": range(0, 17), "brows": range(17, 27), "nose": range(27, 36), "eyes": range(36, 48),
+                   "mouth": range(48, 68)}
+
+
+def test_real_portrait_with_dlib(proxy, real_fit):
+    """The fit converges on a real photo, the rendered head covers the detected face, and the
+    reported landmarks are the fitted mesh's own (its landmark embedding, projected)."""
     import cv2
 
-    res, crop, lm, iod, err = real_fit
-    assert err.mean() < 0.07 * iod and err[17:].mean() < 0.045 * iod
-    assert res.iterations["shape"] > 10 and np.isfinite(res.landmark_error_px)
+    from expportrait_core.control import camera_from_dict
+
+    res, crop, lm, _, _ = real_fit
+    assert res.iterations["shape"] > 10 and res.iterations["offsets"] > 10 and np.isfinite(res.landmark_error_px)
     face_mask = np.zeros(crop.shape[:2], np.uint8)
     cv2.fillConvexPoly(face_mask, cv2.convexHull(lm.astype(np.int32)), 1)
     covered = float((res.rendered_mask > 0.5)[face_mask > 0].mean())
     assert covered > 0.9, f"rendered head covers only {covered:.0%} of the face region"
+    ident = res.identity
+    with torch.no_grad():
+        mesh_lm = proxy(ident.params, ident.static_offsets).landmarks
+        cam = camera_from_dict(ident.camera, crop.shape[1], crop.shape[0])
+        proj = cam.project(mesh_lm)[0].numpy()
+    assert np.abs(proj - res.landmarks_2d).max() < 1e-3
+    # the static offsets stay a smooth, moderate deformation (millimetres, not a remodelled head)
+    assert float(ident.static_offsets.norm(dim=-1).max()) < 0.02
 
 
-@pytest.mark.xfail(reason="issue #4 target (< 3% of the inter-ocular distance) is for SMPL-X; the synthetic stand-in "
-                          "head's jaw contour and proportions are not a real face's (measured ~5%)", strict=False)
 def test_real_portrait_meets_issue_target(real_fit):
+    """Issue #4: landmark error after fitting below 3% of the inter-ocular distance (all 68)."""
     _, _, _, iod, err = real_fit
     assert err.mean() < 0.03 * iod
 

@@ -53,11 +53,22 @@ class FitConfig:
     """Radians per step for head/jaw/eye/body rotations (translation: 5% of it, in metres)."""
     offset_lr: float = 0.01
     """Learning rate of the static-offset variables (metres of the preconditioned parameter)."""
+    depth_lr_scale: float = 1.0
+    """In the shape, dense and landmark-offset stages the translation's depth component (world z ≈
+    the optical axis) steps ``depth_lr_scale · distance / face radius`` times faster than its
+    sideways components (= focal length / landmark spread in px: ≈ 42 on the synthetic test, 37 on
+    the insightface sample at 14°, 9 at 55°): a millimetre of depth moves the landmarks that much
+    less than a millimetre sideways, so with equal Adam steps the camera distance barely moved (8 cm
+    short on the synthetic test) and the betas shrank the face to compensate. 0 = equal steps."""
     lr_final: float = 0.1
     """Every stage's learning rates decay along a cosine to this fraction of their initial value."""
     early_stop_tol: float = 1e-5
     """Stop a stage when the loss improved by less than this (relative) over ``early_stop_window``."""
     early_stop_window: int = 25
+    early_stop_min_fraction: float = 0.5
+    """No early stop before this fraction of a stage's iterations: while the learning rate is
+    still high the loss is noisy, and a stop there froze the dense stage at a random point of
+    its schedule (e.g. after 70–100 of 150 steps, depending on tiny changes)."""
 
     # --- landmark term ------------------------------------------------------------------------
     w_landmarks: float = 1.0
@@ -83,8 +94,12 @@ class FitConfig:
     fits real landmarks closer (4.3% vs 5.3% of the inter-ocular distance on the insightface
     sample) but lets expression absorb identity detail in the dense stage."""
     w_betas_dense: float = 0.015
-    w_expression_dense: float = 0.1
-    """Priors in the dense stage (separate knobs; equal to the landmark stages' by default)."""
+    w_expression_dense: float = 1.0
+    """Priors in the dense stage. The expression prior is 10× the landmark stages': against
+    normal/depth maps the local expression directions (cheek puff, random local deformations) are a
+    cheap way to explain the person's own geometry, which belongs in the betas and static offsets.
+    With 0.1 the fit's expression drifted far from the truth on the synthetic test (error norm 0.8
+    even when started at the true one) and took part of the true static offsets with it."""
     w_jaw: float = 0.3
     """Jaw prior (radians²); sideways/twist and closing past rest are penalized 10×/100× more."""
     w_eyes: float = 0.3
@@ -105,6 +120,11 @@ class FitConfig:
     w_depth: float = 60.0
     w_silhouette: float = 0.1
     w_dense_landmarks: float = 1.0
+    dense_lr_warmup: float = 0.2
+    """Fraction of the dense iterations over which the learning rates ramp up linearly from 0.
+    Adam's first steps move every coefficient by ±lr at once (100 betas by 0.1 each: a jump of
+    norm 1): without the ramp the dense losses first rose (normals 8 → 10.5 on the synthetic test)
+    and where the fit settled depended on that jump, i.e. on tiny changes anywhere."""
     dense_rigid_warmup: float = 0.0
     """Fraction of the dense iterations that first refine only the head pose, translation and body
     turn against the dense terms (at ``dense_rigid_lr``)."""
@@ -129,12 +149,28 @@ class FitConfig:
     w_offset_laplacian: float = 30.0
     """Laplacian smoothness of the offsets (mean ‖LΔ‖² in mm², uniform L = I - D⁻¹A) on the mesh
     they live on (the bust's base mesh for ``offset_space='base'``, else the upsampled mesh)."""
-    w_offset_magnitude: float = 0.02
+    w_offset_magnitude: float = 0.005
     """Magnitude prior outside the face (mean ‖Δ‖² in mm²)."""
-    w_offset_magnitude_face: float = 0.05
-    """Magnitude prior inside the face mask: face shape should come mostly from the betas."""
+    w_offset_magnitude_face: float = 0.005
+    """Magnitude prior inside the face mask. Equal to the outside by default: the former 0.05 (0.02
+    outside) shrank the recovered offsets to ~60% of the truth and pushed the rest into
+    betas/expression, which then bent the surrounding surface (static-offset cosine ~0.04 lower on
+    the synthetic test); the Laplacian and the smoothing preconditioner keep the field smooth."""
     max_offset: float = 0.05
     """Offsets are clamped to this length (metres) as a NaN/runaway guard."""
+
+    # --- static offsets from landmarks alone (no normal/depth/mask) ---------------------------
+    landmark_offsets: bool = True
+    """Without normal/depth/mask inputs, fit the static offsets to the landmarks (a smooth 3-D
+    deformation on the bust's base mesh): the shape space alone leaves a real face's jaw contour
+    and brows several pixels off. False: no offsets without dense targets (the older behaviour)."""
+    landmark_offset_iters: int = 100
+    landmark_offset_lr: float = 0.05
+    landmark_offset_smoothing: float = 30.0
+    """λ of the large-steps preconditioner of this stage (see ``offset_smoothing``)."""
+    w_landmark_offset_laplacian: float = 100.0
+    w_landmark_offset_magnitude: float = 0.02
+    """Regularizers of this stage, as ``w_offset_laplacian`` / ``w_offset_magnitude`` (mm²)."""
 
     # --- output / runtime ---------------------------------------------------------------------
     preview_alpha: float = 0.6
@@ -150,11 +186,12 @@ class FitConfig:
         s = max(0.05, float(iterations_scale))
         r = lambda n: max(1, int(round(n * s)))  # noqa: E731
         return replace(self, init_iters=r(self.init_iters), rigid_iters=r(self.rigid_iters),
-                       shape_iters=r(self.shape_iters), dense_iters=r(self.dense_iters))
+                       shape_iters=r(self.shape_iters), dense_iters=r(self.dense_iters),
+                       landmark_offset_iters=r(self.landmark_offset_iters))
 
     @classmethod
     def preset(cls, quality: str = "balanced", **overrides) -> "FitConfig":
-        """``fast`` (about half the iterations, 128² dense renders), ``balanced`` (the defaults),
+        """``fast`` (about half the iterations, the init's excepted; 128² dense renders), ``balanced`` (the defaults),
         ``best`` (1.5× the iterations, 256² dense renders)."""
         if quality not in QUALITY_PRESETS:
             from ..errors import ExpPortraitError
@@ -162,7 +199,9 @@ class FitConfig:
             raise ExpPortraitError(f"quality must be one of {QUALITY_PRESETS}, got {quality!r}.")
         cfg = cls(**overrides)
         if quality == "fast":
-            cfg = replace(cfg.scaled(0.5), dense_resolution=min(cfg.dense_resolution, 128))
+            # the init keeps its iterations (~0.2 s): with half of them the pose hypotheses of the
+            # insightface sample had not separated and the fit kept a wrong yaw (jaw 22% of the IOD off)
+            cfg = replace(cfg.scaled(0.5), init_iters=cfg.init_iters, dense_resolution=min(cfg.dense_resolution, 128))
         elif quality == "best":
             cfg = replace(cfg.scaled(1.5), dense_resolution=max(cfg.dense_resolution, 256))
         return cfg

@@ -1,7 +1,7 @@
 """Identity fitting (paper §2.6): SMPL-X shape + dense static offsets from one or a few portraits.
 
-Stages (each an Adam loop with cosine learning-rate decay, NaN/Inf guards, early stopping and
-progress reporting; the ``progress`` callback may raise to cancel):
+Stages (each an Adam loop with cosine learning-rate decay, NaN/Inf guards, early stopping in the
+second half of a stage and progress reporting; the ``progress`` callback may raise to cancel):
 
 1. **init** — camera placement and multi-hypothesis rigid init on the landmark rig: the head
    rotations of ``FitConfig.yaw_hypotheses_deg`` plus a perspective-n-point solution of the inner
@@ -16,11 +16,24 @@ progress reporting; the ``progress`` callback may raise to cancel):
    (``FitConfig.dense_resolution``) and the static offsets Δ_g (a smooth "large steps" height field
    along the normals), betas, expression, jaw, eyes, head pose and the body turn are refined
    against L1 normals, scale/shift-aligned L1 depth, a contour-chamfer silhouette term, landmarks,
-   priors, offset magnitude (stronger inside the face mask: face shape should come from the
-   betas) and Laplacian smoothness of the offsets. By default (``offset_space='base'``) the model
-   is evaluated on the bust's base vertices and upsampled after skinning by the proxy's own
-   barycentric upsampler, so the rendered surface and shading are the upsampled mesh's at a
+   priors, offset magnitude and Laplacian smoothness of the offsets, the learning rates ramping up
+   over the first ``FitConfig.dense_lr_warmup`` of the stage. By default (``offset_space='base'``)
+   the model is evaluated on the bust's base vertices and upsampled after skinning by the proxy's
+   own barycentric upsampler, so the rendered surface and shading are the upsampled mesh's at a
    fraction of the cost (see :class:`~expportrait_core.fit.dense_model.DenseModel`).
+4'. **offsets** — instead, when no normal/depth/mask is given (``FitConfig.landmark_offsets``):
+   Δ_g as a smooth free 3-D field on the base vertices, fitted to the landmarks (which are the
+   rig's points plus Δ_g interpolated there, i.e. the fitted mesh's own landmarks) with Laplacian
+   and magnitude regularizers, betas/expression/jaw/pose refined together. The shape space alone
+   leaves a real face's jaw contour and brows several pixels off (5.5% of the inter-ocular
+   distance on the insightface sample before, 1.9% after).
+
+Camera distance: a millimetre of depth moves the landmarks distance/face-radius (≈ 40 at 14°)
+times less than a millimetre sideways, so in the shape, dense and landmark-offset stages the
+translation's depth axis takes proportionally larger Adam steps (``FitConfig.depth_lr_scale``);
+with equal steps the distance barely moved and the betas shrank the face instead. (Not in the
+rigid stage: the shape is fixed there and the init's closed-form translation already has the
+distance; letting it run there traded distance for yaw on a strongly turned head.)
 
 Conventions shared with tracking: camera rotation ``framing.FRONT_R``; focal from the field of
 view; the camera looks along the optical axis through the rest-pose head from the distance at
@@ -33,6 +46,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
@@ -40,14 +54,21 @@ import numpy as np
 import torch
 
 from ..errors import ExpPortraitError
+from ..grad import autograd_enabled
 from ..head.framing import FRONT_R
 from ..head.params import HeadParams
 from ..io.files import Identity
 from ..progress import ProgressFn, report
 from .config import FitConfig
-from .landmarks import CONTOUR, ShapeLandmarkModel, face_size, robust_landmark_loss, solve_translation
 from .dense_model import DenseModel
-from .laplacian import SmoothSolve, uniform_laplacian
+from .landmarks import (
+    CONTOUR,
+    ShapeLandmarkModel,
+    face_size,
+    robust_landmark_loss,
+    solve_translation,
+)
+from .laplacian import LaplacianOp, SmoothSolve
 
 log = logging.getLogger(__name__)
 
@@ -352,6 +373,18 @@ class _Vars:
                           transl=sel(self.transl))
 
 
+_PER_PROXY: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _cached(proxy, key: tuple, make: Callable[[], Any]) -> Any:
+    """Per-proxy cache of mesh operators that depend only on the proxy's topology (the sparse LU
+    factorization of the offset preconditioner, Laplacians): built once, reused by every fit."""
+    per = _PER_PROXY.setdefault(proxy, {})
+    if key not in per:
+        per[key] = make()
+    return per[key]
+
+
 class _OffsetField:
     """Static offsets from a smooth parameter ``u: [n, C]`` on the dense model's vertices.
 
@@ -362,7 +395,9 @@ class _OffsetField:
     :meth:`upsampled` the proxy's Δ_g [N_s, 3] (base values interpolated by the upsampler B).
     """
 
-    def __init__(self, proxy, model: DenseModel, lam: float, mode: str, betas: torch.Tensor) -> None:
+    def __init__(self, proxy, model, lam: float, mode: str, betas: torch.Tensor) -> None:
+        """model: a :class:`DenseModel` or :class:`~expportrait_core.fit.dense_model.BaseMesh`
+        (``faces``, ``num_vertices``, ``coarse``)."""
         from ..render import vertex_normals
 
         if mode not in ("normal", "xyz"):
@@ -370,18 +405,20 @@ class _OffsetField:
         self.mode, self.coarse = mode, model.coarse
         self.channels = 1 if mode == "normal" else 3
         self.n = model.num_vertices
-        self.solver = SmoothSolve(model.faces.cpu().numpy(), self.n, lam)
+        self.solver = _cached(proxy, ("solve", self.coarse, self.n, float(lam)),
+                              lambda: SmoothSolve(model.faces.cpu().numpy(), self.n, lam))
         with torch.no_grad():
-            full = proxy.neutral(betas)  # [1, N_s, 3] canonical neutral
-            normals_full = vertex_normals(full, proxy.faces)[0]
+            self.normals = None
+            if mode == "normal":
+                full = proxy.neutral(betas)  # [1, N_s, 3] canonical neutral
+                normals_full = vertex_normals(full, proxy.faces)[0]
+                # coarse: the upsampled normals at the base vertices (the first n upsampled ones)
+                self.normals = normals_full[: self.n] if self.coarse else normals_full
             if self.coarse:
-                self.normals = normals_full[: self.n]  # upsampled normals at the base vertices
                 local = -torch.ones(proxy.v_template.shape[0], dtype=torch.long, device=proxy.device)
                 local[proxy.bust_vertex_ids] = torch.arange(self.n, device=proxy.device)
                 self.gather = local[proxy.up_idx]  # [N_s, 3] base-local ids
                 self.gather_w = proxy.up_w
-            else:
-                self.normals = normals_full
 
     def _x(self, u: torch.Tensor, max_offset: float) -> torch.Tensor:
         x = self.solver.solve(u)
@@ -433,6 +470,7 @@ class _CameraModel:
 
     def __init__(self, views: List[_View], R: torch.Tensor, t: torch.Tensor, fov_y_deg: float) -> None:
         self.R, self.t = R, t
+        self.depth_ratio = 1.0  # camera distance / face radius (set by the fit; see _transl_lr_scale)
         self.f0 = torch.tensor([0.5 * vw.height / math.tan(math.radians(fov_y_deg) / 2) for vw in views], device=R.device)
         self.cx = torch.tensor([vw.width / 2 for vw in views], device=R.device)
         self.cy = torch.tensor([vw.height / 2 for vw in views], device=R.device)
@@ -541,7 +579,7 @@ class _Adam(torch.optim.Optimizer):
     head) are not pushed as far as visible ones by per-entry normalization."""
 
     def __init__(self, groups: List[dict], betas=(0.9, 0.999), eps: float = 1e-8) -> None:
-        super().__init__(groups, dict(lr=1e-3, betas=betas, eps=eps, uniform=False))
+        super().__init__(groups, dict(lr=1e-3, betas=betas, eps=eps, uniform=False, scale=None))
 
     @torch.no_grad()
     def step(self, closure=None):  # type: ignore[override]
@@ -561,18 +599,22 @@ class _Adam(torch.optim.Optimizer):
                 st["v"].mul_(b2).add_(g2, alpha=1 - b2)
                 mh = st["m"] / (1 - b1 ** st["t"])
                 vh = st["v"] / (1 - b2 ** st["t"])
-                p.add_(mh / (vh.sqrt() + g["eps"]), alpha=-g["lr"])
+                stepv = mh / (vh.sqrt() + g["eps"])
+                if g["scale"] is not None:  # per-entry learning-rate factors (e.g. the depth of transl)
+                    stepv = stepv * g["scale"]
+                p.add_(stepv, alpha=-g["lr"])
 
 
 def _optimize(name: str, groups: List[dict], closure: Callable[[], Dict[str, torch.Tensor]], iters: int,
               v: _Vars, cfg: FitConfig, stepper: _Stepper, warnings: List[str],
-              on_step: Optional[Callable[[], None]] = None) -> tuple:
+              on_step: Optional[Callable[[], None]] = None, warmup: float = 0.0) -> tuple:
     """Adam loop with a NaN/Inf guard (restore the last finite state and stop) and early stopping
     on a relative improvement below ``cfg.early_stop_tol`` over ``cfg.early_stop_window`` steps.
     Returns (final loss terms, iterations run)."""
     opt = _Adam(groups)
     base_lr = [g["lr"] for g in opt.param_groups]
     hist: List[float] = []
+    n_warm = int(round(max(0.0, min(1.0, warmup)) * iters))
     good = v.snapshot()
     terms: Dict[str, torch.Tensor] = {}
     it = 0
@@ -580,6 +622,8 @@ def _optimize(name: str, groups: List[dict], closure: Callable[[], Dict[str, tor
         # cosine decay to lr_final × the initial rate: large steps first, then settle (Adam's
         # normalized steps otherwise keep the variables jittering around the optimum)
         decay = cfg.lr_final + (1 - cfg.lr_final) * 0.5 * (1 + math.cos(math.pi * (it - 1) / max(iters - 1, 1)))
+        if it <= n_warm:  # linear warm-up: Adam's first steps are ±lr on every coefficient at once
+            decay *= it / (n_warm + 1)
         for g, lr0 in zip(opt.param_groups, base_lr):
             g["lr"] = lr0 * decay
         opt.zero_grad(set_to_none=True)
@@ -606,7 +650,7 @@ def _optimize(name: str, groups: List[dict], closure: Callable[[], Dict[str, tor
             log.debug("fit %s %d: %.5f %s rot %s", name, it, hist[-1], {k: round(float(t), 5) for k, t in terms.items()},
                       [round(float(x), 4) for x in v.rot[0]])
         W = cfg.early_stop_window
-        if len(hist) > 2 * W:
+        if len(hist) > 2 * W and it >= cfg.early_stop_min_fraction * iters:
             before, recent = min(hist[:-W]), min(hist[-W:])
             if before - recent < cfg.early_stop_tol * max(abs(before), 1e-12):  # no real progress in W steps
                 stepper.tick(iters - it)
@@ -614,6 +658,15 @@ def _optimize(name: str, groups: List[dict], closure: Callable[[], Dict[str, tor
     with torch.no_grad():
         terms = closure()
     return {k: float(t) for k, t in terms.items()}, it
+
+
+def _transl_lr_scale(cfg: FitConfig, cam: "_CameraModel", dev) -> torch.Tensor:
+    """Per-axis learning-rate factors of the bust translation [3]. A step δ sideways moves the
+    landmarks by f·δ/z pixels, the same step in depth (world z ≈ the optical axis of the frontal
+    camera) only by (δ/z)·(face radius in px) = f·δ·ρ/z² (ρ: the face's radius in metres): z/ρ
+    times less. Adam's normalized steps would leave the distance nearly frozen, and the betas
+    would shrink or grow the face instead; the depth axis gets ``cfg.depth_lr_scale · z/ρ``."""
+    return torch.tensor([1.0, 1.0, max(1.0, float(cfg.depth_lr_scale) * cam.depth_ratio)], device=dev)
 
 
 def _set_grad(v: _Vars, names: Sequence[str]) -> None:
@@ -667,10 +720,15 @@ def _fit_impl(proxy, views: List[_View], cfg: FitConfig, progress: Optional[Prog
     warnings: List[str] = []
     losses: Dict[str, float] = {}
     use_dense = cfg.fit_static_offsets and any(vw.has_dense for vw in views) and cfg.dense_iters > 0
+    use_lmk_offsets = (cfg.fit_static_offsets and not use_dense and cfg.landmark_offsets
+                       and cfg.landmark_offset_iters > 0)
     if not any(vw.has_dense for vw in views):
-        warnings.append("No normal map, depth map or mask: static offsets were not fitted (landmarks only).")
-    stepper = _Stepper(cfg.init_iters + cfg.rigid_iters + cfg.shape_iters + (cfg.dense_iters if use_dense else 0),
-                       progress)
+        warnings.append("No normal map, depth map or mask: the static offsets were fitted to the landmarks only "
+                        "(a smooth deformation that aligns the face's features; give a normal or depth map for "
+                        "surface detail)." if use_lmk_offsets else
+                        "No normal map, depth map or mask: static offsets were not fitted (landmarks only).")
+    stepper = _Stepper(cfg.init_iters + cfg.rigid_iters + cfg.shape_iters + (cfg.dense_iters if use_dense else 0)
+                       + (cfg.landmark_offset_iters if use_lmk_offsets else 0), progress)
     lm_t = torch.stack([vw.landmarks for vw in views]).to(dev)  # [K, 68, 2]
     lm_w = torch.stack([vw.weights for vw in views]).to(dev).clone()
     lm_w[:, CONTOUR] *= cfg.contour_weight
@@ -692,6 +750,8 @@ def _fit_impl(proxy, views: List[_View], cfg: FitConfig, progress: Optional[Prog
         eye = c + torch.tensor([0.0, 0.0, dist], device=dev)
         t_cam = -R @ eye
     cam = _CameraModel(views, R, t_cam, cfg.fov_y_deg)
+    cam.depth_ratio = dist / max(float(ext3), 1e-6)
+    zs = _transl_lr_scale(cfg, cam, dev)
 
     yaws = [math.radians(y) for y in (cfg.yaw_hypotheses_deg or (0.0,))]
     n_hyp = len(yaws) + 1  # + the PnP solution of each image
@@ -763,7 +823,7 @@ def _fit_impl(proxy, views: List[_View], cfg: FitConfig, progress: Optional[Prog
     names = ["betas", "expression", "jaw", "rot", "transl"] + (["log_focal"] if cfg.optimize_focal else [])
     _set_grad(v, names)
     groups = [{"params": [v.betas], "lr": cfg.shape_lr}, {"params": [v.expression], "lr": cfg.shape_lr},
-              {"params": [v.jaw, v.rot], "lr": cfg.shape_lr * 0.2}, {"params": [v.transl], "lr": cfg.shape_lr * 0.01}]
+              {"params": [v.jaw, v.rot], "lr": cfg.shape_lr * 0.2}, {"params": [v.transl], "lr": cfg.shape_lr * 0.01, "scale": zs}]
     if cfg.optimize_focal:
         groups.append({"params": [v.log_focal], "lr": cfg.shape_lr * 0.2})
     terms, n = _optimize("shape", groups, lambda: lmk_closure(True), cfg.shape_iters, v, cfg, stepper, warnings)
@@ -779,6 +839,12 @@ def _fit_impl(proxy, views: List[_View], cfg: FitConfig, progress: Optional[Prog
         losses.update({f"dense/{k}": val for k, val in terms.items()})
         stage_s["dense"] = time.perf_counter() - t0
         iters_run["dense"] = n
+    elif use_lmk_offsets:
+        t0 = time.perf_counter()
+        static, terms, n = _landmark_offset_stage(proxy, views, cam, v, cfg, rig, lm_t, lm_w, scales, stepper, warnings)
+        losses.update({f"offsets/{k}": val for k, val in terms.items()})
+        stage_s["offsets"] = time.perf_counter() - t0
+        iters_run["offsets"] = n
     _set_grad(v, [])
 
     # ---- outputs --------------------------------------------------------------------------
@@ -845,7 +911,7 @@ def _dense_stage(proxy, views: List[_View], cam: _CameraModel, v: _Vars, cfg: Fi
     faces = model.faces
     field_ = _OffsetField(proxy, model, cfg.offset_smoothing, cfg.offset_mode, v.params([0]).betas.detach())
     v.u = torch.zeros(field_.n, field_.channels, device=dev)
-    lap = uniform_laplacian(faces.cpu().numpy(), field_.n).to(dev)
+    lap = _cached(proxy, ("laplacian", model.coarse, field_.n), lambda: LaplacianOp(faces.cpu().numpy(), field_.n))
     fw = proxy.face_weight[: field_.n]  # the first n upsampled vertices are the base bust vertices
     mag_w = cfg.w_offset_magnitude + (cfg.w_offset_magnitude_face - cfg.w_offset_magnitude) * fw
     sil = _Silhouette(faces) if any(vw.raw_mask is not None for vw in views) else None
@@ -857,10 +923,11 @@ def _dense_stage(proxy, views: List[_View], cam: _CameraModel, v: _Vars, cfg: Fi
     any_shoulder_data = any(vw.has_dense for vw in views)
     names = ["u", "betas", "expression", "jaw", "leye", "reye", "rot", "transl"] + (["body"] if any_shoulder_data else [])
     _set_grad(v, names)
+    zs = _transl_lr_scale(cfg, cam, dev)
     groups = [{"params": [v.u], "lr": cfg.offset_lr, "uniform": True},
               {"params": [v.betas], "lr": cfg.dense_shape_lr}, {"params": [v.expression], "lr": cfg.dense_expression_lr},
               {"params": [v.jaw, v.leye, v.reye, v.rot, v.body], "lr": cfg.dense_pose_lr},
-              {"params": [v.transl], "lr": cfg.dense_pose_lr * 0.05}]
+              {"params": [v.transl], "lr": cfg.dense_pose_lr * 0.05, "scale": zs}]
 
     calls = [0]
     contour_ids: Dict[int, torch.Tensor] = {}
@@ -909,7 +976,7 @@ def _dense_stage(proxy, views: List[_View], cam: _CameraModel, v: _Vars, cfg: Fi
         terms["normal"] = cfg.w_normal * n_loss
         terms["depth"] = cfg.w_depth * d_loss
         terms["silhouette"] = cfg.w_silhouette * s_loss
-        terms["offset_laplacian"] = cfg.w_offset_laplacian * MM2 * (torch.sparse.mm(lap, static) ** 2).sum(-1).mean()
+        terms["offset_laplacian"] = cfg.w_offset_laplacian * MM2 * (lap(static) ** 2).sum(-1).mean()
         terms["offset_magnitude"] = MM2 * (mag_w * (static ** 2).sum(-1)).mean()
         pri = _priors(v, cfg, dense=True)
         terms.update({k: pri[k] for k in ("betas", "expression", "jaw", "eyes", "body")})
@@ -923,7 +990,7 @@ def _dense_stage(proxy, views: List[_View], cam: _CameraModel, v: _Vars, cfg: Fi
         # pose first: normals encode orientation directly, and betas/expression would otherwise
         # absorb the remaining pose error faster than the pose itself moves
         _set_grad(v, ["rot", "transl", "body"] if any_shoulder_data else ["rot", "transl"])
-        rg = [{"params": [v.rot, v.body], "lr": cfg.dense_rigid_lr}, {"params": [v.transl], "lr": cfg.dense_rigid_lr * 0.05}]
+        rg = [{"params": [v.rot, v.body], "lr": cfg.dense_rigid_lr}, {"params": [v.transl], "lr": cfg.dense_rigid_lr * 0.05, "scale": zs}]
         terms, n = _optimize("dense-rigid", rg, closure, n_rigid, v, cfg, stepper, warnings)
         _set_grad(v, names)
     if n_warm > 0:
@@ -931,8 +998,52 @@ def _dense_stage(proxy, views: List[_View], cam: _CameraModel, v: _Vars, cfg: Fi
         terms, n1 = _optimize("dense-shape", groups[1:], closure, n_warm, v, cfg, stepper, warnings)
         n += n1
         v.u.requires_grad_(True)
-    terms, n2 = _optimize("dense", groups, closure, cfg.dense_iters - n_warm - n_rigid, v, cfg, stepper, warnings)
+    terms, n2 = _optimize("dense", groups, closure, cfg.dense_iters - n_warm - n_rigid, v, cfg, stepper, warnings,
+                          warmup=cfg.dense_lr_warmup)
     n += n2
+    with torch.no_grad():
+        static = field_.upsampled(v.u, cfg.max_offset).detach()
+    return static, terms, n
+
+
+def _landmark_offset_stage(proxy, views: List[_View], cam: _CameraModel, v: _Vars, cfg: FitConfig, rig, lm_t, lm_w,
+                           scales, stepper: _Stepper, warnings: List[str]):
+    """Stage 4 without dense targets: static offsets Δ_g from the landmarks alone.
+
+    The shape space cannot reproduce every face (on a real photo the jaw contour and brows stay
+    several pixels off), and Δ_g exists for what it cannot express. Here Δ_g is a free 3-D
+    field on the bust's base vertices (a landmark moves across the image, i.e. mostly along the
+    surface, which a height field could not do), parametrized through the "large steps"
+    preconditioner with ``cfg.landmark_offset_smoothing`` so that the 68 point constraints move
+    smooth patches, with Laplacian and magnitude regularizers; betas, expression, jaw and pose
+    are refined together (their priors unchanged). The landmarks are the rig's points plus the
+    offsets interpolated there, i.e. exactly the fitted mesh's landmarks."""
+    from .dense_model import BaseMesh
+
+    dev = proxy.device
+    mesh = _cached(proxy, ("base_mesh", str(dev)), lambda: BaseMesh(proxy))
+    field_ = _OffsetField(proxy, mesh, cfg.landmark_offset_smoothing, "xyz", v.params([0]).betas.detach())
+    v.u = torch.zeros(field_.n, 3, device=dev)
+    lap = _cached(proxy, ("laplacian", True, field_.n), lambda: LaplacianOp(mesh.faces.cpu().numpy(), field_.n))
+    names = ["u", "betas", "expression", "jaw", "rot", "transl"]
+    _set_grad(v, names)
+    zs = _transl_lr_scale(cfg, cam, dev)
+    groups = [{"params": [v.u], "lr": cfg.landmark_offset_lr, "uniform": True},
+              {"params": [v.betas], "lr": cfg.shape_lr * 0.2}, {"params": [v.expression], "lr": cfg.shape_lr * 0.2},
+              {"params": [v.jaw, v.rot], "lr": cfg.shape_lr * 0.04},
+              {"params": [v.transl], "lr": cfg.shape_lr * 0.002, "scale": zs}]
+
+    def closure() -> Dict[str, torch.Tensor]:
+        static = field_(v.u, cfg.max_offset)
+        lm3d = rig(v.params(), point_offsets=mesh.point_offsets(static))
+        terms = {"landmarks": _landmark_loss(lm3d, views, cam, v, cfg, lm_w, lm_t, scales)}
+        pri = _priors(v, cfg)
+        terms.update({k: pri[k] for k in ("betas", "expression", "jaw")})
+        terms["offset_laplacian"] = cfg.w_landmark_offset_laplacian * MM2 * (lap(static) ** 2).sum(-1).mean()
+        terms["offset_magnitude"] = cfg.w_landmark_offset_magnitude * MM2 * (static ** 2).sum(-1).mean()
+        return terms
+
+    terms, n = _optimize("offsets", groups, closure, cfg.landmark_offset_iters, v, cfg, stepper, warnings)
     with torch.no_grad():
         static = field_.upsampled(v.u, cfg.max_offset).detach()
     return static, terms, n
@@ -940,6 +1051,7 @@ def _dense_stage(proxy, views: List[_View], cam: _CameraModel, v: _Vars, cfg: Fi
 
 # =============================================================================================
 # public API
+@autograd_enabled
 def fit_identity(
     proxy,
     image: Optional[np.ndarray],
@@ -980,6 +1092,7 @@ def fit_identity(
     return _fit(proxy, views, cfg, progress)
 
 
+@autograd_enabled
 def fit_shared_identity(
     proxy,
     frames: List[Optional[np.ndarray]],

@@ -55,17 +55,11 @@ class DenseModel(torch.nn.Module):
                 self.register_buffer("dirs", dirs[vids])
                 self.register_buffer("posedirs", posedirs.view(len(rows), -1, 3)[:, vids].reshape(len(rows), -1))
                 self.register_buffer("skin_weights", proxy.skin_weights[:n])
-                local = -torch.ones(proxy.v_template.shape[0], dtype=torch.long, device=vids.device)
-                local[vids] = torch.arange(n, device=vids.device)
-                bf = proxy.base_faces
-                self.register_buffer("faces", local[bf[(local[bf] >= 0).all(1)]])
-                self.register_buffer("up_local", local[proxy.up_idx])  # [N_s, 3] base-local ids
-                # landmark candidate points as weights over base vertices (for the offsets there)
-                lf = torch.cat([proxy.lmk_faces, proxy.dyn_lmk_faces.reshape(-1)])
-                bary = torch.cat([proxy.lmk_bary, proxy.dyn_lmk_bary.reshape(-1, 3)])
-                tri = proxy.faces[lf]  # [P, 3] upsampled vertex ids
-                self.register_buffer("lmk_idx", local[proxy.up_idx[tri]].reshape(len(lf), 9))
-                self.register_buffer("lmk_w", (proxy.up_w[tri] * bary[..., None]).reshape(len(lf), 9))
+                bm = BaseMesh(proxy)
+                self.register_buffer("faces", bm.faces)
+                self.register_buffer("up_local", bm.up_local)  # [N_s, 3] base-local ids
+                self.register_buffer("lmk_idx", bm.lmk_idx)
+                self.register_buffer("lmk_w", bm.lmk_w)
             else:
                 self.register_buffer("v_template", proxy.v_template)
                 self.register_buffer("dirs", dirs)
@@ -137,6 +131,37 @@ class DenseModel(torch.nn.Module):
             zero_valued = torch.einsum("bnij,bnj->bni", T[:, ids, :, :3], sl - sl.detach())  # value 0, gradient -dv/dΔ
             lverts = verts.index_add(1, ids, -zero_valued.expand(B, -1, -1))
         return HeadOutput(verts, proxy.landmarks(lverts, A), J_posed + p.transl[:, None])
+
+
+class BaseMesh:
+    """The bust's base mesh as the coarse offset domain: its ``n`` vertices are the proxy's
+    ``bust_vertex_ids`` (the first ``n`` upsampled vertices), ``faces: [F, 3]`` in local ids,
+    ``up_local: [N_s, 3]`` the upsampler's base-local ids, and the landmark rig's candidate points
+    (:class:`~expportrait_core.fit.landmarks.ShapeLandmarkModel` order: static, then the dynamic
+    contour bins) as weights over base vertices, ``lmk_idx, lmk_w: [P, 9]``, so the offsets at the
+    landmarks are ``(Δ[lmk_idx] * lmk_w[..., None]).sum(1)`` — exactly the upsampled mesh's."""
+
+    coarse = True
+
+    def __init__(self, proxy) -> None:
+        with torch.no_grad():
+            vids = proxy.bust_vertex_ids
+            n = int(vids.numel())
+            local = -torch.ones(proxy.v_template.shape[0], dtype=torch.long, device=vids.device)
+            local[vids] = torch.arange(n, device=vids.device)
+            bf = proxy.base_faces
+            self.num_vertices = n
+            self.faces = local[bf[(local[bf] >= 0).all(1)]]
+            self.up_local = local[proxy.up_idx]
+            lf = torch.cat([proxy.lmk_faces, proxy.dyn_lmk_faces.reshape(-1)])
+            bary = torch.cat([proxy.lmk_bary, proxy.dyn_lmk_bary.reshape(-1, 3)])
+            tri = proxy.faces[lf]  # [P, 3] upsampled vertex ids
+            self.lmk_idx = local[proxy.up_idx[tri]].reshape(len(lf), 9)
+            self.lmk_w = (proxy.up_w[tri] * bary[..., None]).reshape(len(lf), 9)
+
+    def point_offsets(self, offsets: torch.Tensor) -> torch.Tensor:
+        """Offsets on the base vertices [n, 3] → at the rig's landmark candidate points [P, 3]."""
+        return (offsets[self.lmk_idx] * self.lmk_w[..., None]).sum(1)
 
 
 def needed_joints(proxy) -> list:

@@ -3,6 +3,8 @@
 * :func:`uniform_laplacian` — ``L = I - D⁻¹A`` as a sparse torch matrix: ``(L x)_i`` is vertex
   ``i`` minus the mean of its neighbours (metres for positions/offsets), the smoothness
   regularizer of the static offsets.
+* :class:`LaplacianOp` — the same ``L`` applied through scipy (differentiable): on one CPU thread
+  10–20× faster than ``torch.sparse.mm``'s backward for the ~10k-vertex meshes of the fit.
 * :class:`SmoothSolve` — ``x = (I + λ K)⁻¹ u`` with ``K = D - A`` the combinatorial Laplacian,
   factorized once (scipy sparse LU). Optimizing ``u`` instead of ``x`` is Nicolet et al.'s
   "Large Steps in Inverse Rendering" preconditioner (SIGGRAPH Asia 2021): a gradient step changes
@@ -28,10 +30,7 @@ def adjacency(faces: np.ndarray, num_vertices: int) -> sp.csr_matrix:
 
 def uniform_laplacian(faces: np.ndarray, num_vertices: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """``L = I - D⁻¹A`` as a sparse CSR torch tensor ``[V, V]`` (isolated vertices: zero rows)."""
-    A = adjacency(faces, num_vertices)
-    deg = np.asarray(A.sum(1)).reshape(-1)
-    inv = np.where(deg > 0, 1.0 / np.maximum(deg, 1), 0.0)
-    L = (sp.diags((deg > 0).astype(np.float64)) - sp.diags(inv) @ A).tocsr()
+    L = uniform_laplacian_scipy(faces, num_vertices)
     L.sort_indices()
     import warnings
 
@@ -44,6 +43,38 @@ def uniform_laplacian(faces: np.ndarray, num_vertices: int, dtype: torch.dtype =
             size=L.shape,
             check_invariants=False,
         )
+
+
+def uniform_laplacian_scipy(faces: np.ndarray, num_vertices: int) -> sp.csr_matrix:
+    """``L = I - D⁻¹A`` as a scipy CSR matrix (isolated vertices: zero rows)."""
+    A = adjacency(faces, num_vertices)
+    deg = np.asarray(A.sum(1)).reshape(-1)
+    inv = np.where(deg > 0, 1.0 / np.maximum(deg, 1), 0.0)
+    return (sp.diags((deg > 0).astype(np.float64)) - sp.diags(inv) @ A).tocsr()
+
+
+class _MatFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, M: sp.csr_matrix, MT: sp.csr_matrix) -> torch.Tensor:  # type: ignore[override]
+        ctx.MT = MT
+        y = M @ x.detach().cpu().numpy()
+        return torch.from_numpy(np.ascontiguousarray(y)).to(x)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):  # type: ignore[override]
+        return torch.from_numpy(np.ascontiguousarray(ctx.MT @ g.detach().cpu().numpy())).to(g), None, None
+
+
+class LaplacianOp:
+    """``y = L x`` for ``x: [V, C]`` with the uniform Laplacian of :func:`uniform_laplacian`,
+    differentiable (the adjoint is ``Lᵀ g``), evaluated by scipy in float32."""
+
+    def __init__(self, faces: np.ndarray, num_vertices: int) -> None:
+        L = uniform_laplacian_scipy(faces, num_vertices).astype(np.float32)
+        self.L, self.LT = L, L.T.tocsr()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return _MatFn.apply(x, self.L, self.LT)
 
 
 class _SolveFn(torch.autograd.Function):

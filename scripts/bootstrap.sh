@@ -18,6 +18,6 @@ if ! python -c "import torch" 2>/dev/null; then
   python -m pip install -q "torch==2.13.0"
 fi
 # Installed only when something is missing, so repeated runs are fast.
-if ! python -c "import expportrait_core, smplx, safetensors, av, diffusers, dlib, onnxruntime, insightface, pytest, scipy, numba" 2>/dev/null; then
+if ! python -c "import expportrait_core, smplx, safetensors, av, diffusers, dlib, onnxruntime, insightface, pytest, scipy, numba, moderngl" 2>/dev/null; then
   python -m pip install -q -e ".[test,face-cpu]"
 fi

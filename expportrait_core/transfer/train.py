@@ -40,19 +40,8 @@ from ..errors import ExpPortraitError
 from ..grad import autograd_enabled
 from ..io.atomic import atomic_path
 from ..progress import ProgressFn, report
-from .geometry import (
-    expression_displacement,
-    face_region_ids,
-    fit_betas,
-    fit_expression_dims,
-    region_faces,
-)
-from .learned import (
-    TransferModel,
-    TransferModelConfig,
-    VertexFeatures,
-    model_from_tensors,
-)
+from .geometry import expression_displacement, face_region_ids, fit_betas, fit_expression_dims, region_faces
+from .learned import TransferModel, TransferModelConfig, VertexFeatures, model_from_tensors
 from .synthetic import SyntheticDetail, random_identity, sample_expressions
 
 log = logging.getLogger(__name__)
